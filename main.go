@@ -1,0 +1,81 @@
+// Command taskpipe is a self-hostable Task Group engine and server that
+// speaks Parallel's Task API, and a pipeline that runs the rows of a table
+// through it into typed DuckDB or Parquet tables.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/alecthomas/kong"
+)
+
+// Exit codes of taskpipe, documented in README.md.
+const (
+	exitOK          = 0
+	exitError       = 1 // an unexpected error
+	exitUsage       = 2 // bad flags or a bad spec or config file
+	exitFailedRows  = 3 // more failed rows than --max-failed allowed
+	exitUnreachable = 4 // the target server or upstream could not be reached
+	exitTimeout     = 5 // wait gave up before the group finished
+)
+
+// exitCodeError carries the exit code a command wants for its error.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+func (e *exitCodeError) Unwrap() error { return e.err }
+
+// withExitCode makes err end the process with code.
+func withExitCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitCodeError{code: code, err: err}
+}
+
+// CLI is the command line of taskpipe.
+type CLI struct {
+	LogLevel  slog.Level `help:"Log level: debug, info, warn or error." default:"info" env:"TASKPIPE_LOG_LEVEL"`
+	LogFormat string     `help:"Log format: text or json." enum:"text,json" default:"text" env:"TASKPIPE_LOG_FORMAT"`
+
+	Serve  serveCmd  `cmd:"" help:"Run the Task Group API server."`
+	Run    runCmd    `cmd:"" help:"Run a pipeline: rows in, typed result table out."`
+	Status statusCmd `cmd:"" help:"Show a task group's status summary."`
+	Wait   waitCmd   `cmd:"" help:"Wait until a task group is no longer active (for schedulers)."`
+	Bench  benchCmd  `cmd:"" help:"Measure engine and pipeline throughput."`
+}
+
+// newLogger builds the process logger from the global flags; it writes to
+// standard error so that standard output stays machine-readable.
+func (c *CLI) newLogger() *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+func main() {
+	var cli CLI
+	kctx := kong.Parse(&cli,
+		kong.Name("taskpipe"),
+		kong.Description("Task groups as a service, and as a SQL pipeline step."),
+		kong.UsageOnError(),
+	)
+	err := kctx.Run(&cli, cli.newLogger())
+	if err == nil {
+		os.Exit(exitOK)
+	}
+	fmt.Fprintln(os.Stderr, "taskpipe:", err)
+	var ec *exitCodeError
+	if errors.As(err, &ec) {
+		os.Exit(ec.code)
+	}
+	os.Exit(exitError)
+}

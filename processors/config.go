@@ -38,6 +38,7 @@ var registry = struct {
 	kinds map[string]Factory
 }{kinds: map[string]Factory{
 	"synthetic": newSyntheticKind,
+	"http":      newHTTPKind,
 }}
 
 // Register adds a processor kind, such as one built outside this package.

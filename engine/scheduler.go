@@ -1,0 +1,308 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/taskpipe/taskpipe/api"
+	"github.com/taskpipe/taskpipe/store"
+)
+
+// Scheduling constants.
+const (
+	maxClaim = 1000
+	// leaseGrace is how long past a run's deadline its lease lasts, so
+	// that the deadline, not the lease, ends a slow attempt.
+	leaseGrace = time.Minute
+)
+
+// dispatcher feeds one processor backend: it claims queued runs while the
+// backend has free concurrency and rate, hands them to the processor and
+// enforces each job's deadline.
+type dispatcher struct {
+	e       *Engine
+	name    string
+	backend Backend
+	limiter *rate.Limiter
+
+	wakeC chan struct{}
+	// stopC closes when claiming stops; idle closes when nothing is in
+	// flight after that.
+	stopC    chan struct{}
+	stopOnce sync.Once
+
+	mu       sync.Mutex
+	inflight map[string]*job
+	freed    chan struct{} // signalled when a slot frees
+	idle     chan struct{} // closed when stopping and inflight is empty
+}
+
+// job is a run this node is executing.
+type job struct {
+	run      store.Run
+	spec     *specInfo
+	started  time.Time
+	timer    *time.Timer
+	canceled bool
+}
+
+func newDispatcher(e *Engine, name string, b Backend) *dispatcher {
+	d := &dispatcher{
+		e:        e,
+		name:     name,
+		backend:  b,
+		wakeC:    make(chan struct{}, 1),
+		stopC:    make(chan struct{}),
+		inflight: make(map[string]*job),
+		freed:    make(chan struct{}, 1),
+		idle:     make(chan struct{}),
+	}
+	if b.RatePerMinute > 0 {
+		perSecond := b.RatePerMinute / 60
+		burst := int(math.Max(1, math.Ceil(perSecond)))
+		d.limiter = rate.NewLimiter(rate.Limit(perSecond), burst)
+	}
+	return d
+}
+
+// wake asks the dispatcher to look for claimable runs now.
+func (d *dispatcher) wake() {
+	select {
+	case d.wakeC <- struct{}{}:
+	default:
+	}
+}
+
+// queued tells the dispatcher that n runs were added for it.
+func (d *dispatcher) queued(n int) {
+	d.e.metrics.queueDepth.WithLabelValues(d.name).Add(float64(n))
+	d.wake()
+}
+
+func (d *dispatcher) start(ctx context.Context, wg *sync.WaitGroup) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.loop(ctx)
+	}()
+}
+
+// loop claims and dispatches until claiming stops.
+func (d *dispatcher) loop(ctx context.Context) {
+	poll := time.NewTicker(d.e.poll)
+	defer poll.Stop()
+	for {
+		// Wait for a free slot.
+		free := d.free()
+		for free == 0 {
+			select {
+			case <-d.stopC:
+				return
+			case <-d.freed:
+			}
+			free = d.free()
+		}
+
+		// Respect the rate limit before claiming.
+		n := min(free, maxClaim)
+		if d.limiter != nil {
+			n = min(n, d.limiter.Burst())
+			if err := d.limiter.WaitN(ctx, n); err != nil {
+				return
+			}
+		}
+		runs, err := d.claim(ctx, n)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.e.log.Error("claim runs", "processor", d.name, "error", err)
+		}
+		if len(runs) > 0 {
+			d.dispatch(ctx, runs)
+			continue
+		}
+
+		// Nothing claimable: wait for new runs or the next poll.
+		select {
+		case <-d.stopC:
+			return
+		case <-d.wakeC:
+		case <-poll.C:
+		}
+	}
+}
+
+// free is the number of runs the backend may still take.
+func (d *dispatcher) free() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.stopC:
+		return 0
+	default:
+	}
+	return max(0, d.backend.Concurrency-len(d.inflight))
+}
+
+func (d *dispatcher) claim(ctx context.Context, n int) ([]store.Run, error) {
+	now := d.e.now()
+	return d.e.store.ClaimRuns(ctx, store.Claim{
+		Processor:  d.name,
+		Node:       d.e.node,
+		Limit:      n,
+		Now:        now,
+		LeaseUntil: now.Add(d.backend.Timeout + leaseGrace),
+	})
+}
+
+// dispatch registers the claimed runs as in flight and hands them to the
+// processor.
+func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
+	now := d.e.now()
+	jobs := make([]Job, 0, len(runs))
+	d.mu.Lock()
+	for i := range runs {
+		r := runs[i]
+		in, err := runInput(&r)
+		info := d.specOf(&r, in)
+		if err == nil && info.err != nil {
+			err = info.err
+		}
+		j := &job{run: r, spec: info, started: now}
+		d.inflight[r.ID] = j
+		if err != nil {
+			// A stored run that cannot be decoded fails at once.
+			go d.e.recorder.complete(d, r.ID, Outcome{Err: fmt.Errorf("read stored run: %w", err)})
+			continue
+		}
+		j.timer = time.AfterFunc(d.backend.Timeout, func() { d.timeout(r.ID) })
+		jobs = append(jobs, Job{
+			RunID:      r.ID,
+			GroupID:    r.GroupID,
+			Input:      in,
+			Attempt:    r.Attempt,
+			Checkpoint: r.Checkpoint,
+			Deadline:   now.Add(d.backend.Timeout),
+		})
+	}
+	d.mu.Unlock()
+	d.e.metrics.queueDepth.WithLabelValues(d.name).Sub(float64(len(runs)))
+	d.e.metrics.inflight.WithLabelValues(d.name).Add(float64(len(runs)))
+	if len(jobs) > 0 {
+		d.backend.Processor.Execute(ctx, jobs, reporter{d})
+	}
+}
+
+// specOf returns the checked spec of a claimed run.
+func (d *dispatcher) specOf(r *store.Run, in api.TaskRunInput) *specInfo {
+	if in.TaskSpec == nil {
+		return d.e.validator.spec(autoSpec)
+	}
+	return d.e.validator.spec(*in.TaskSpec)
+}
+
+// timeout fails a job that outlived its deadline.
+func (d *dispatcher) timeout(runID string) {
+	d.e.recorder.complete(d, runID, Outcome{
+		Err: fmt.Errorf("run exceeded its timeout of %s", d.backend.Timeout),
+	})
+}
+
+// take removes a job from the in-flight set; ok is false when it was
+// already taken (completed twice, timed out, cancelled).
+func (d *dispatcher) take(runID string) (*job, bool) {
+	d.mu.Lock()
+	j, ok := d.inflight[runID]
+	if ok {
+		delete(d.inflight, runID)
+		if j.timer != nil {
+			j.timer.Stop()
+		}
+	}
+	empty := len(d.inflight) == 0
+	d.mu.Unlock()
+	if ok {
+		d.e.metrics.inflight.WithLabelValues(d.name).Dec()
+		select {
+		case d.freed <- struct{}{}:
+		default:
+		}
+		if empty {
+			d.checkIdle()
+		}
+	}
+	return j, ok
+}
+
+// cancelJob finishes a cancelled run this node is executing.
+func (d *dispatcher) cancelJob(runID string) {
+	d.mu.Lock()
+	_, ok := d.inflight[runID]
+	d.mu.Unlock()
+	if ok {
+		d.e.recorder.complete(d, runID, Outcome{Err: errCancelled})
+	}
+}
+
+// stopClaiming stops the loop from taking new runs.
+func (d *dispatcher) stopClaiming() {
+	d.stopOnce.Do(func() { close(d.stopC) })
+	d.checkIdle()
+}
+
+func (d *dispatcher) checkIdle() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.stopC:
+	default:
+		return
+	}
+	if len(d.inflight) == 0 {
+		select {
+		case <-d.idle:
+		default:
+			close(d.idle)
+		}
+	}
+}
+
+// drain waits until no job is in flight or ctx is done.
+func (d *dispatcher) drain(ctx context.Context) {
+	select {
+	case <-d.idle:
+	case <-ctx.Done():
+		d.mu.Lock()
+		n := len(d.inflight)
+		d.mu.Unlock()
+		d.e.log.Warn("abandoning running jobs at shutdown; they run again after restart",
+			"processor", d.name, "runs", n)
+	}
+}
+
+// reporter is the Reporter handed to a dispatcher's processor.
+type reporter struct{ d *dispatcher }
+
+func (r reporter) Complete(runID string, o Outcome) { r.d.e.recorder.complete(r.d, runID, o) }
+
+func (r reporter) Progress(runID, kind, message string) {
+	ts := api.Timestamp(r.d.e.now())
+	r.d.e.progress.add(runID, &api.ProgressMessageEvent{
+		Type: api.EventProgressPrefix + kind, Message: message, Timestamp: &ts,
+	})
+	r.d.e.hub.runChanged(runID)
+}
+
+func (r reporter) Checkpoint(ctx context.Context, runID string, state json.RawMessage) error {
+	if err := r.d.e.store.SaveCheckpoint(ctx, runID, state); err != nil {
+		return fmt.Errorf("save checkpoint: %w", err)
+	}
+	return nil
+}

@@ -39,6 +39,7 @@ var registry = struct {
 }{kinds: map[string]Factory{
 	"synthetic": newSyntheticKind,
 	"http":      newHTTPKind,
+	"exec":      newExecKind,
 }}
 
 // Register adds a processor kind, such as one built outside this package.

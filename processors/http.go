@@ -281,19 +281,27 @@ func (h *HTTP) postOnce(ctx context.Context, body []byte, n int) ([]httpReply, t
 
 // outcome turns one reply into the outcome of its run.
 func (h *HTTP) outcome(j engine.Job, rep httpReply) engine.Outcome {
+	if rep.Error == nil && (len(rep.Output) == 0 || string(rep.Output) == "null") {
+		return engine.Outcome{Err: fmt.Errorf("%s: reply has neither output nor error", h.source)}
+	}
+	return replyOutcome(j, rep, h.source)
+}
+
+// replyOutcome turns the reply of a user's service or program into an
+// outcome: its error fails the run (as transient when it is retryable), its
+// output becomes the run's output with the reply's basis or, without one,
+// a basis entry per field whose reasoning is "returned by <source>".
+func replyOutcome(j engine.Job, rep httpReply, source string) engine.Outcome {
 	if rep.Error != nil {
-		err := fmt.Errorf("%s: %s", h.source, *rep.Error)
+		err := fmt.Errorf("%s: %s", source, *rep.Error)
 		if rep.Retryable {
 			err = engine.Transient(err, 0)
 		}
 		return engine.Outcome{Err: err}
 	}
-	if len(rep.Output) == 0 || string(rep.Output) == "null" {
-		return engine.Outcome{Err: fmt.Errorf("%s: reply has neither output nor error", h.source)}
-	}
-	out, err := makeOutput(j.Input.TaskSpec, rep.Output, "returned by "+h.source)
+	out, err := makeOutput(j.Input.TaskSpec, rep.Output, "returned by "+source)
 	if err != nil {
-		return engine.Outcome{Err: fmt.Errorf("%s: %w", h.source, err)}
+		return engine.Outcome{Err: fmt.Errorf("%s: %w", source, err)}
 	}
 	if rep.Basis != nil {
 		for i := range rep.Basis {

@@ -1,0 +1,376 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/taskpipe/taskpipe/api"
+	"github.com/taskpipe/taskpipe/store"
+)
+
+// AddRuns stores runs, all or none, in status queued with Attempt 0 and no
+// lease, whatever they say about those. A run's GroupID must be empty or
+// groupID. A zero CreatedAt becomes the current time, a zero ModifiedAt
+// becomes CreatedAt. Every SpecHash must be in specs or already stored.
+func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
+	specs map[string]json.RawMessage) (store.AddResult, error) {
+	// Check the batch and settle its times before taking the write slot.
+	now := time.Now().UTC()
+	var latest time.Time
+	for i := range runs {
+		r := &runs[i]
+		if r.ID == "" {
+			return store.AddResult{}, fmt.Errorf("add runs: run %d has no id", i)
+		}
+		if r.GroupID != "" && r.GroupID != groupID {
+			return store.AddResult{}, fmt.Errorf("add runs: run %s belongs to group %q, not %q",
+				r.ID, r.GroupID, groupID)
+		}
+		if r.CreatedAt.After(latest) {
+			latest = r.CreatedAt
+		}
+	}
+	if latest.IsZero() {
+		latest = now
+	}
+	if len(runs) == 0 {
+		return s.addNothing(ctx, groupID)
+	}
+
+	var res store.AddResult
+	err := s.write(ctx, func(tx *wtx) error {
+		res = store.AddResult{}
+
+		// Advance the group's cursors and counters; this also checks it exists.
+		n := int64(len(runs))
+		var firstSeq int64
+		if groupID != "" {
+			var added counts
+			added[0] = n
+			g, err := tx.updateGroup(groupID, added, n, 1, latest)
+			if err != nil {
+				return err
+			}
+			res.Group = g
+			res.PrevRunSeq = g.LastRunSeq - n
+			res.PrevEventSeq = g.LastEventSeq - 1
+			firstSeq = res.PrevRunSeq + 1
+		}
+
+		// Store new specs and make sure every run's spec is there.
+		if err := tx.storeSpecs(runs, specs); err != nil {
+			return err
+		}
+
+		// Insert the runs in input order.
+		for i := range runs {
+			if err := tx.insertRun(&runs[i], groupID, firstSeq, int64(i), now); err != nil {
+				return err
+			}
+		}
+
+		// Log the group's new status.
+		if groupID != "" {
+			ev := statusEvent(res.Group, res.Group.LastEventSeq, latest)
+			if err := tx.appendEvent(ev); err != nil {
+				return err
+			}
+			res.Events = []store.Event{ev}
+		}
+		return nil
+	})
+	if err != nil {
+		return store.AddResult{}, fmt.Errorf("add runs: %w", err)
+	}
+	for hash, spec := range specs {
+		s.specs.put(hash, spec)
+	}
+	return res, nil
+}
+
+// addNothing answers an empty AddRuns: the group as it is, nothing logged.
+func (s *Store) addNothing(ctx context.Context, groupID string) (store.AddResult, error) {
+	if groupID == "" {
+		return store.AddResult{}, nil
+	}
+	g, err := s.GetGroup(ctx, groupID)
+	if err != nil {
+		return store.AddResult{}, fmt.Errorf("add runs: %w", err)
+	}
+	return store.AddResult{PrevRunSeq: g.LastRunSeq, PrevEventSeq: g.LastEventSeq, Group: g}, nil
+}
+
+// storeSpecs inserts the given specs and checks that the other spec hashes
+// the runs name are stored already.
+func (tx *wtx) storeSpecs(runs []store.Run, specs map[string]json.RawMessage) error {
+	for hash, spec := range specs {
+		if len(spec) == 0 {
+			return fmt.Errorf("task spec %s is empty", hash)
+		}
+		if _, err := tx.exec(`INSERT INTO task_specs (hash, spec) VALUES (?, ?)
+			ON CONFLICT (hash) DO NOTHING`, hash, []byte(spec)); err != nil {
+			return fmt.Errorf("store task spec %s: %w", hash, err)
+		}
+	}
+	checked := map[string]bool{}
+	for i := range runs {
+		hash := runs[i].SpecHash
+		if hash == "" || checked[hash] {
+			continue
+		}
+		checked[hash] = true
+		if _, ok := specs[hash]; ok {
+			continue
+		}
+		if _, err := tx.spec(hash); err != nil {
+			return fmt.Errorf("run %s: %w", runs[i].ID, err)
+		}
+	}
+	return nil
+}
+
+// spec returns a stored task spec, from the cache when it can.
+func (tx *wtx) spec(hash string) (json.RawMessage, error) {
+	if spec, ok := tx.s.specs.get(hash); ok {
+		return spec, nil
+	}
+	rows, err := tx.query(`SELECT spec FROM task_specs WHERE hash = ?`, hash)
+	if err != nil {
+		return nil, fmt.Errorf("load task spec %s: %w", hash, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("load task spec %s: %w", hash, err)
+		}
+		return nil, fmt.Errorf("task spec %s is not stored", hash)
+	}
+	var spec []byte
+	if err := rows.Scan(&spec); err != nil {
+		return nil, fmt.Errorf("load task spec %s: %w", hash, err)
+	}
+	return spec, rows.Close()
+}
+
+// insertRun inserts the i-th run of a batch as queued.
+func (tx *wtx) insertRun(r *store.Run, groupID string, firstSeq, i int64, now time.Time) error {
+	created := r.CreatedAt
+	if created.IsZero() {
+		created = now
+	}
+	modified := r.ModifiedAt
+	if modified.IsZero() {
+		modified = created
+	}
+	seq := int64(0)
+	if groupID != "" {
+		seq = firstSeq + i
+	}
+	_, err := tx.exec(`INSERT INTO runs (id, group_id, seq, owner, processor, status, input,
+		spec_hash, warnings, checkpoint, created_at, modified_at, not_before)
+		VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, groupID, seq, r.Owner, r.Processor, blob(r.Input), r.SpecHash, blob(r.Warnings),
+		blob(r.Checkpoint), micros(created), micros(modified), micros(r.NotBefore))
+	if err != nil {
+		return fmt.Errorf("insert run %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// GetRun returns a run with its spec, or store.ErrNotFound.
+func (s *Store) GetRun(ctx context.Context, id string) (store.Run, error) {
+	st, err := s.readStmt(ctx, `SELECT `+runCols+`, s.spec FROM runs r
+		LEFT JOIN task_specs s ON s.hash = r.spec_hash WHERE r.id = ?`)
+	if err != nil {
+		return store.Run{}, fmt.Errorf("get run %s: %w", id, err)
+	}
+	var (
+		row  runRow
+		spec []byte
+	)
+	err = st.QueryRowContext(ctx, id).Scan(append(row.dest(), &spec)...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Run{}, fmt.Errorf("get run %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Run{}, fmt.Errorf("get run %s: %w", id, err)
+	}
+	r := row.run()
+	r.Spec = rawJSON(spec)
+	return r, nil
+}
+
+// ListRuns returns up to limit runs of a group after afterSeq in Seq order,
+// only those in status unless it is empty, without their specs. It returns
+// store.ErrNotFound for an unknown group.
+func (s *Store) ListRuns(ctx context.Context, groupID string, afterSeq int64,
+	status api.RunStatus, limit int) ([]store.Run, error) {
+	if err := s.groupExists(ctx, groupID); err != nil {
+		return nil, fmt.Errorf("list runs of group %s: %w", groupID, err)
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	var (
+		st  *sql.Stmt
+		err error
+	)
+	if status == "" {
+		st, err = s.readStmt(ctx, `SELECT `+runCols+` FROM runs r
+			WHERE r.group_id = ?1 AND r.seq > ?2 AND ?3 = '' ORDER BY r.seq LIMIT ?4`)
+	} else {
+		st, err = s.readStmt(ctx, `SELECT `+runCols+` FROM runs r
+			WHERE r.group_id = ?1 AND r.seq > ?2 AND r.status = ?3 ORDER BY r.seq LIMIT ?4`)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list runs of group %s: %w", groupID, err)
+	}
+	rows, err := st.QueryContext(ctx, groupID, afterSeq, string(status), limit)
+	if err != nil {
+		return nil, fmt.Errorf("list runs of group %s: %w", groupID, err)
+	}
+	defer rows.Close()
+	runs := make([]store.Run, 0, min(limit, 1024))
+	for rows.Next() {
+		var row runRow
+		if err := rows.Scan(row.dest()...); err != nil {
+			return nil, fmt.Errorf("list runs of group %s: %w", groupID, err)
+		}
+		runs = append(runs, row.run())
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list runs of group %s: %w", groupID, err)
+	}
+	return runs, nil
+}
+
+// ClaimRuns leases up to c.Limit queued runs of c.Processor whose NotBefore
+// is not after c.Now to c.Node, oldest first, and returns them with their
+// specs. Claims change group counters but log no events.
+func (s *Store) ClaimRuns(ctx context.Context, c store.Claim) ([]store.Run, error) {
+	if c.Limit <= 0 {
+		return nil, nil
+	}
+	var claimed []store.Run
+	err := s.write(ctx, func(tx *wtx) error {
+		// Take the oldest eligible runs in one statement.
+		rows, err := tx.query(`UPDATE runs SET prev_status = status, status = 'running',
+			attempt = attempt + 1, lease_owner = ?1, lease_until = ?2, modified_at = ?3
+			WHERE ord IN (SELECT ord FROM runs WHERE status = 'queued' AND processor = ?4
+				AND not_before <= ?3 ORDER BY ord LIMIT ?5)
+			RETURNING ord, prev_status, `+returningRunCols,
+			c.Node, micros(c.LeaseUntil), micros(c.Now), c.Processor, c.Limit)
+		if err != nil {
+			return err
+		}
+		changes, err := scanChanges(rows, c.Limit)
+		if err != nil {
+			return err
+		}
+
+		// Follow with the counters, then attach the specs.
+		if _, err := tx.recordChanges(changes, false); err != nil {
+			return err
+		}
+		claimed = make([]store.Run, len(changes))
+		for i := range changes {
+			claimed[i] = changes[i].run
+			if claimed[i].SpecHash == "" {
+				continue
+			}
+			if claimed[i].Spec, err = tx.spec(claimed[i].SpecHash); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim runs of %s: %w", c.Processor, err)
+	}
+	for i := range claimed {
+		if claimed[i].Spec != nil {
+			s.specs.put(claimed[i].SpecHash, claimed[i].Spec)
+		}
+	}
+	return claimed, nil
+}
+
+// scanChanges reads the rows of an UPDATE ... RETURNING ord, prev_status,
+// returningRunCols and returns them in ord order, the order runs were added.
+func scanChanges(rows *sql.Rows, capHint int) ([]change, error) {
+	defer rows.Close()
+	type ordered struct {
+		ord int64
+		c   change
+	}
+	out := make([]ordered, 0, min(capHint, 1024))
+	for rows.Next() {
+		var (
+			row  runRow
+			o    ordered
+			prev string
+		)
+		if err := rows.Scan(append([]any{&o.ord, &prev}, row.dest()...)...); err != nil {
+			return nil, err
+		}
+		o.c = change{run: row.run(), prev: api.RunStatus(prev)}
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b ordered) int { return int(a.ord - b.ord) })
+	changes := make([]change, len(out))
+	for i := range out {
+		changes[i] = out[i].c
+	}
+	return changes, nil
+}
+
+// ExtendLeases moves the lease of the runs still active and held by node to
+// until; others are left alone.
+func (s *Store) ExtendLeases(ctx context.Context, node string, runIDs []string, until time.Time) error {
+	if len(runIDs) == 0 {
+		return nil
+	}
+	err := s.write(ctx, func(tx *wtx) error {
+		for _, id := range runIDs {
+			if _, err := tx.exec(`UPDATE runs SET lease_until = ? WHERE id = ? AND lease_owner = ?
+				AND status IN ('running', 'cancelling')`, micros(until), id, node); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("extend leases of %s: %w", node, err)
+	}
+	return nil
+}
+
+// SaveCheckpoint stores processor state for a run (nil clears it), or
+// returns store.ErrNotFound.
+func (s *Store) SaveCheckpoint(ctx context.Context, runID string, state json.RawMessage) error {
+	err := s.write(ctx, func(tx *wtx) error {
+		n, err := tx.exec(`UPDATE runs SET checkpoint = ? WHERE id = ?`, blob(state), runID)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return store.ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save checkpoint of run %s: %w", runID, err)
+	}
+	return nil
+}

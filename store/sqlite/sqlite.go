@@ -1,0 +1,195 @@
+// Package sqlite is the embedded store.Store: one SQLite file in WAL mode,
+// written through a single connection that Go serialises and read through a
+// small pool of read-only connections.
+//
+// Every write method is one IMMEDIATE transaction on the write connection,
+// built from reused prepared statements, so that counters, cursors, events
+// and outbox entries change together with the runs they describe.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/taskpipe/taskpipe/store"
+)
+
+var _ store.Store = (*Store)(nil)
+
+// Store is a store.Store kept in one SQLite database file.
+type Store struct {
+	path string
+	// wdb holds the only write connection, w; writeSlot (capacity one)
+	// grants it to one transaction at a time, honouring contexts.
+	wdb       *sql.DB
+	w         *sql.Conn
+	writeSlot chan struct{}
+	closed    chan struct{}        // closed by Close: no new transactions
+	wstmts    map[string]*sql.Stmt // prepared on w, guarded by writeSlot
+	// rdb is the pool of read-only connections.
+	rdb    *sql.DB
+	rstmts sync.Map // query -> *sql.Stmt prepared on rdb
+
+	specs specCache
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Option adjusts how Open sets up the store.
+type Option func(*config)
+
+type config struct {
+	readConns   int
+	busyTimeout time.Duration
+	cacheKiB    int
+}
+
+// WithReadConns sets how many read connections the pool keeps (default 4).
+func WithReadConns(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.readConns = n
+		}
+	}
+}
+
+// WithBusyTimeout sets how long a connection waits for a lock held by
+// another process before it reports SQLITE_BUSY (default 5 s). Writers of
+// this process never wait on each other's locks: they queue in Go.
+func WithBusyTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.busyTimeout = d
+		}
+	}
+}
+
+// WithCacheSize sets the page cache of the write connection in KiB
+// (default 64 MiB); each read connection gets a quarter of it.
+func WithCacheSize(kib int) Option {
+	return func(c *config) {
+		if kib > 0 {
+			c.cacheKiB = kib
+		}
+	}
+}
+
+// Open opens (creating if needed) the store in the SQLite file at path,
+// switches it to WAL mode and brings its schema up to date. Close releases
+// it; the file can be opened again afterwards, by this or another process.
+func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
+	cfg := config{readConns: 4, busyTimeout: 5 * time.Second, cacheKiB: 64 << 10}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if path == "" || strings.HasPrefix(path, ":memory:") || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("open store: path %q must name a file (no ? or #)", path)
+	}
+
+	// Open the write connection first: it sets WAL mode and the schema.
+	s := &Store{path: path, writeSlot: make(chan struct{}, 1),
+		closed: make(chan struct{}), wstmts: map[string]*sql.Stmt{}}
+	s.specs.init(4096)
+	var err error
+	s.wdb, err = sql.Open("sqlite", dsn(path, cfg, false))
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s.wdb.SetMaxOpenConns(1)
+	s.wdb.SetMaxIdleConns(1)
+	s.wdb.SetConnMaxLifetime(0)
+	s.w, err = s.wdb.Conn(ctx)
+	if err != nil {
+		s.wdb.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.w.Close()
+		s.wdb.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+
+	// Then the read pool, which only ever sees committed data.
+	s.rdb, err = sql.Open("sqlite", dsn(path, cfg, true))
+	if err != nil {
+		s.w.Close()
+		s.wdb.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s.rdb.SetMaxOpenConns(cfg.readConns)
+	s.rdb.SetMaxIdleConns(cfg.readConns)
+	if err := s.rdb.PingContext(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// dsn builds the modernc.org/sqlite data source name for one kind of
+// connection.
+func dsn(path string, cfg config, readOnly bool) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
+	q.Add("_pragma", "foreign_keys(0)")
+	q.Add("_pragma", "temp_store(MEMORY)")
+	if readOnly {
+		q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", cfg.cacheKiB/4))
+		q.Add("_pragma", "query_only(1)")
+	} else {
+		q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", cfg.cacheKiB))
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(NORMAL)")
+	}
+	return path + "?" + q.Encode()
+}
+
+// Path returns the database file the store was opened on.
+func (s *Store) Path() string { return s.path }
+
+// Close waits for the running write transaction, then closes every
+// connection. Calling it again returns the first result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.writeSlot <- struct{}{}
+		var errs []error
+		for _, st := range s.wstmts {
+			errs = append(errs, st.Close())
+		}
+		s.rstmts.Range(func(_, v any) bool {
+			errs = append(errs, v.(*sql.Stmt).Close())
+			return true
+		})
+		if s.rdb != nil {
+			errs = append(errs, s.rdb.Close())
+		}
+		errs = append(errs, s.w.Close(), s.wdb.Close())
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// readStmt returns query prepared on the read pool.
+func (s *Store) readStmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.rstmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.rdb.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.rstmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}

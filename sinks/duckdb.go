@@ -1,0 +1,405 @@
+package sinks
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/duckdb/duckdb-go/v2"
+
+	"github.com/taskpipe/taskpipe/specs"
+)
+
+// DuckDB is the sink that writes into a table of a DuckDB database.
+//
+// Each Write appends the batch to a temporary staging table through DuckDB's
+// Appender, then replaces rows in one transaction: a DELETE of every row
+// sharing a key or run_id with the batch, and one INSERT ... SELECT. The
+// transaction commits before Write returns, so other connections of the
+// same process see the rows at once. (DuckDB lets one process hold a
+// database file for writing; other processes can query it once the
+// pipeline has closed it, or query the Parquet sink's file.)
+//
+// Key columns are not declared a primary key: DuckDB's index constraints
+// reject a delete and re-insert of one key within a transaction, and the
+// set-based DELETE needs none.
+type DuckDB struct {
+	db      *sql.DB
+	ownDB   bool
+	name    string // the table as written in the pipeline spec
+	quoted  string // the table name, quoted
+	schema  string // the table's schema, or empty for the current one
+	table   specs.Table
+	conn    *sql.Conn
+	stage   string // the staging table's name, unquoted
+	columns []specs.Column
+	insert  string // INSERT ... SELECT from the staging table
+	delete  string // DELETE of the rows the staged batch replaces
+}
+
+var _ Sink = (*DuckDB)(nil)
+
+// NewDuckDB returns a sink that writes table name (optionally
+// "schema.table") of db. The caller keeps ownership of db, which may also
+// serve a DuckDB source or readers; open it with OpenDuckDB.
+func NewDuckDB(db *sql.DB, name string) *DuckDB {
+	schema, _, quoted := tableName(name)
+	return &DuckDB{db: db, name: name, quoted: quoted, schema: schema}
+}
+
+// NewDuckDBFile returns a sink that opens the database file at path itself
+// and closes it on Close.
+func NewDuckDBFile(path, name string) (*DuckDB, error) {
+	db, err := OpenDuckDB(path)
+	if err != nil {
+		return nil, err
+	}
+	s := NewDuckDB(db, name)
+	s.ownDB = true
+	return s, nil
+}
+
+// OpenDuckDB opens a DuckDB database file (an in-memory database when path
+// is empty) with extension auto-install and auto-load turned off, so that
+// nothing is fetched from the network.
+func OpenDuckDB(path string) (*sql.DB, error) {
+	settings := url.Values{
+		"autoinstall_known_extensions": {"false"},
+		"autoload_known_extensions":    {"false"},
+	}
+	connector, err := duckdb.NewConnector(path+"?"+settings.Encode(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open duckdb %q: %w", path, err)
+	}
+	return sql.OpenDB(connector), nil
+}
+
+// DB returns the database the sink writes, for readers in the same
+// process.
+func (s *DuckDB) DB() *sql.DB { return s.db }
+
+// Open creates the table, or checks an existing one, and prepares the
+// staging table.
+func (s *DuckDB) Open(ctx context.Context, t specs.Table) error {
+	s.table = t
+	s.columns = t.Columns()
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("open sink table %s: %w", s.name, err)
+	}
+	s.conn = conn
+
+	// Create the table unless it exists; an existing one must match.
+	exists, err := s.tableExists(ctx)
+	if err != nil {
+		return fmt.Errorf("open sink table %s: %w", s.name, err)
+	}
+	if !exists {
+		ddl := "CREATE TABLE " + s.quoted + " (\n" + t.ColumnDefs() + "\n)"
+		if _, err := conn.ExecContext(ctx, ddl); err != nil {
+			return fmt.Errorf("create sink table %s: %w", s.name, err)
+		}
+	} else if err := s.checkColumns(ctx); err != nil {
+		return err
+	}
+
+	// The staging table holds one batch; source-typed key columns are
+	// staged as text and cast on insert.
+	s.stage = "taskpipe_stage_" + randomHex(6)
+	var defs []string
+	for i, c := range s.columns {
+		typ := c.Type.DuckDB(t.Enums)
+		if i < len(t.Key) && c.Type.Kind == specs.KindSQL {
+			typ = "VARCHAR"
+		}
+		defs = append(defs, specs.QuoteIdent(c.Name)+" "+typ)
+	}
+	stageDDL := "CREATE TEMP TABLE " + specs.QuoteIdent(s.stage) + " (" +
+		strings.Join(defs, ", ") + ")"
+	if _, err := conn.ExecContext(ctx, stageDDL); err != nil {
+		return fmt.Errorf("create staging table: %w", err)
+	}
+	s.prepareStatements()
+	return nil
+}
+
+// prepareStatements builds the DELETE and INSERT of a batch.
+func (s *DuckDB) prepareStatements() {
+	stage := "temp.main." + specs.QuoteIdent(s.stage)
+	var selects, keyMatch []string
+	for i, c := range s.columns {
+		col := "st." + specs.QuoteIdent(c.Name)
+		if i < len(s.table.Key) {
+			if c.Type.Kind == specs.KindSQL {
+				col = "CAST(" + col + " AS " + c.Type.SQL + ")"
+			}
+			keyMatch = append(keyMatch,
+				col+" IS NOT DISTINCT FROM t."+specs.QuoteIdent(c.Name))
+		}
+		selects = append(selects, col)
+	}
+	s.insert = "INSERT INTO " + s.quoted + " SELECT " + strings.Join(selects, ", ") +
+		" FROM " + stage + " st"
+	s.delete = "DELETE FROM " + s.quoted + " t WHERE EXISTS (SELECT 1 FROM " + stage +
+		" st WHERE " + strings.Join(keyMatch, " AND ") + ") OR t.run_id IN (SELECT run_id FROM " +
+		stage + " WHERE run_id IS NOT NULL)"
+}
+
+// tableExists reports whether the sink's table exists.
+func (s *DuckDB) tableExists(ctx context.Context) (bool, error) {
+	_, name, _ := tableName(s.name)
+	var n int
+	err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM duckdb_tables()
+		WHERE database_name = current_database() AND table_name = ?
+		AND schema_name = coalesce(nullif(?, ''), current_schema()) AND NOT temporary`,
+		name, s.schema).Scan(&n)
+	return n > 0, err
+}
+
+// checkColumns compares an existing table with the wanted one. DuckDB
+// itself normalises the wanted types: they are read back from a temporary
+// table made with the same definitions.
+func (s *DuckDB) checkColumns(ctx context.Context) error {
+	_, name, _ := tableName(s.name)
+	have, err := s.describe(ctx, "current_database()",
+		"coalesce(nullif(?, ''), current_schema())", name, s.schema)
+	if err != nil {
+		return fmt.Errorf("check sink table %s: %w", s.name, err)
+	}
+	probe := "taskpipe_probe_" + randomHex(6)
+	ddl := "CREATE TEMP TABLE " + specs.QuoteIdent(probe) + " (\n" + s.table.ColumnDefs() + "\n)"
+	if _, err := s.conn.ExecContext(ctx, ddl); err != nil {
+		return fmt.Errorf("check sink table %s: %w", s.name, err)
+	}
+	defer s.conn.ExecContext(context.WithoutCancel(ctx), "DROP TABLE temp.main."+specs.QuoteIdent(probe))
+	want, err := s.describe(ctx, "'temp'", "'main'", probe, "")
+	if err != nil {
+		return fmt.Errorf("check sink table %s: %w", s.name, err)
+	}
+	return compareColumns(s.name, have, want)
+}
+
+// describedColumn is a column as DuckDB describes it.
+type describedColumn struct{ name, typ string }
+
+// describe lists the columns of a table in order.
+func (s *DuckDB) describe(ctx context.Context, dbExpr, schemaExpr, table, schemaArg string) ([]describedColumn, error) {
+	q := `SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ` + dbExpr +
+		` AND schema_name = ` + schemaExpr + ` AND table_name = ? ORDER BY column_index`
+	args := []any{table}
+	if strings.Contains(schemaExpr, "?") {
+		args = []any{schemaArg, table}
+	}
+	rows, err := s.conn.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var cols []describedColumn
+	for rows.Next() {
+		var c describedColumn
+		if err := rows.Scan(&c.name, &c.typ); err != nil {
+			return nil, err
+		}
+		cols = append(cols, c)
+	}
+	return cols, rows.Err()
+}
+
+// compareColumns names every difference between an existing table's
+// columns and the wanted ones.
+func compareColumns(table string, have, want []describedColumn) error {
+	var problems []error
+	haveByName := map[string]describedColumn{}
+	for _, c := range have {
+		haveByName[strings.ToLower(c.name)] = c
+	}
+	wantNames := map[string]bool{}
+	for i, w := range want {
+		wantNames[strings.ToLower(w.name)] = true
+		h, ok := haveByName[strings.ToLower(w.name)]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Errorf("column %s (%s) is missing", w.name, w.typ))
+		case h.typ != w.typ:
+			problems = append(problems, fmt.Errorf("column %s is %s, the task spec needs %s",
+				w.name, h.typ, w.typ))
+		case i >= len(have) || !strings.EqualFold(have[i].name, w.name):
+			problems = append(problems, fmt.Errorf("column %s is not at position %d", w.name, i+1))
+		}
+	}
+	for _, h := range have {
+		if !wantNames[strings.ToLower(h.name)] {
+			problems = append(problems, fmt.Errorf("column %s is not in the task spec", h.name))
+		}
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return fmt.Errorf("sink table %s exists with other columns (drop it or name another "+
+		"table): %w", table, errors.Join(problems...))
+}
+
+// Write upserts a batch in one transaction.
+func (s *DuckDB) Write(ctx context.Context, rows []Row) error {
+	if s.conn == nil {
+		return errors.New("write sink: not open")
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	rows = latestRows(rows)
+
+	// Stage the batch through the Appender.
+	err := s.conn.Raw(func(dc any) error {
+		conn, ok := dc.(driver.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		a, err := duckdb.NewAppender(conn, "temp", "main", s.stage)
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if err := a.AppendRow(s.rowValues(r)...); err != nil {
+				a.Close()
+				return fmt.Errorf("append row %v: %w", r.Key, err)
+			}
+		}
+		return a.Close()
+	})
+	if err != nil {
+		s.clearStage(ctx)
+		return fmt.Errorf("stage sink rows: %w", err)
+	}
+
+	// Replace the rows in one transaction.
+	tx, err := s.conn.BeginTx(ctx, nil)
+	if err != nil {
+		s.clearStage(ctx)
+		return fmt.Errorf("write sink rows: %w", err)
+	}
+	for _, stmt := range []string{s.delete, s.insert,
+		"DELETE FROM temp.main." + specs.QuoteIdent(s.stage)} {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			tx.Rollback()
+			s.clearStage(ctx)
+			return fmt.Errorf("write sink rows: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		s.clearStage(ctx)
+		return fmt.Errorf("commit sink rows: %w", err)
+	}
+	return nil
+}
+
+// clearStage empties the staging table after a failed write.
+func (s *DuckDB) clearStage(ctx context.Context) {
+	_, _ = s.conn.ExecContext(context.WithoutCancel(ctx),
+		"DELETE FROM temp.main."+specs.QuoteIdent(s.stage))
+}
+
+// rowValues converts a row into the values of the staging table's columns.
+func (s *DuckDB) rowValues(r Row) []driver.Value {
+	t := s.table
+	vals := make([]driver.Value, 0, len(s.columns))
+	for i, c := range t.Key {
+		var v any
+		if i < len(r.Key) {
+			v = keyValue(c.Type, r.Key[i])
+		}
+		vals = append(vals, v)
+	}
+	status, errText := r.Status, r.Error
+	outputs, err := t.OutputValues(r.Output)
+	if err != nil {
+		// One bad output fails its row, never the batch.
+		outputs = make([]any, len(t.Output))
+		status, errText = StatusFailed, err.Error()
+	}
+	vals = append(vals, nullString(r.RunID), status, nullString(errText), nullString(r.Processor))
+	for _, o := range outputs {
+		vals = append(vals, o)
+	}
+	return append(vals, specs.BasisValue(r.Basis), nullTime(r.CreatedAt),
+		nullTime(r.FinishedAt), nullString(r.InputFingerprint), nullString(r.SpecHash))
+}
+
+// keyValue converts a key value for its column. Source-typed columns are
+// staged as text and cast by DuckDB.
+func keyValue(t specs.Type, v any) any {
+	if v == nil {
+		return nil
+	}
+	if t.Kind == specs.KindSQL {
+		switch x := v.(type) {
+		case string:
+			return x
+		case []byte:
+			return string(x)
+		case time.Time:
+			return x.Format(time.RFC3339Nano)
+		case json.Number, int, int64, uint64, float64, bool:
+			return fmt.Sprint(x)
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Sprint(v)
+		}
+		return string(b)
+	}
+	if c, err := t.Convert("key", v); err == nil {
+		return c
+	}
+	return v
+}
+
+// nullString maps "" to NULL.
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// nullTime maps the zero time to NULL.
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t
+}
+
+// Close drops the staging table and releases the connection.
+func (s *DuckDB) Close(ctx context.Context) error {
+	var errs []error
+	if s.conn != nil {
+		_, err := s.conn.ExecContext(ctx, "DROP TABLE IF EXISTS temp.main."+specs.QuoteIdent(s.stage))
+		errs = append(errs, err, s.conn.Close())
+		s.conn = nil
+	}
+	if s.ownDB {
+		errs = append(errs, s.db.Close())
+		s.ownDB = false
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close sink table %s: %w", s.name, err)
+	}
+	return nil
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,193 @@
+package sinks
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/taskpipe/taskpipe/specs"
+)
+
+// Parquet is the sink that writes one Parquet file with the same typed
+// columns as the DuckDB sink.
+//
+// Parquet files cannot be updated in place, so rows are upserted into a
+// DuckDB state database beside the file (.<name>.taskpipe.duckdb, on disk,
+// so memory stays bounded whatever the row count) and the file is written
+// on Close: first to a temporary file in the same folder, then renamed over
+// the target, so a crash never leaves a half-written file and readers see
+// either the old file or the new one. Rows are visible in the file only
+// after Close. The state database is removed once the file is published;
+// after a crash it is kept and the next Open resumes from it. When there is
+// no state database but the file exists, Open loads the file's rows first,
+// so a re-run keeps what an earlier run published.
+type Parquet struct {
+	path  string
+	state string // the state database file
+	db    *sql.DB
+	inner *DuckDB
+	table specs.Table
+}
+
+var _ Sink = (*Parquet)(nil)
+
+// parquetStateTable is the table of the state database.
+const parquetStateTable = "results"
+
+// NewParquet returns a sink that writes the Parquet file at path.
+func NewParquet(path string) *Parquet {
+	dir, base := filepath.Split(path)
+	return &Parquet{path: path, state: filepath.Join(dir, "."+base+".taskpipe.duckdb")}
+}
+
+// Open opens the state database, loading the published file when starting
+// afresh.
+func (p *Parquet) Open(ctx context.Context, t specs.Table) error {
+	_, statErr := os.Stat(p.state)
+	resuming := statErr == nil
+	db, err := OpenDuckDB(p.state)
+	if err != nil {
+		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+	}
+	p.db, p.table = db, t
+	p.inner = NewDuckDB(db, parquetStateTable)
+	if err := p.inner.Open(ctx, t); err != nil {
+		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+	}
+	if resuming {
+		return nil
+	}
+	if _, err := os.Stat(p.path); err != nil {
+		return nil // nothing published yet
+	}
+	if err := p.loadPublished(ctx); err != nil {
+		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+	}
+	return nil
+}
+
+// loadPublished copies the rows of the existing file into the state
+// database, after checking that its columns are the table's.
+func (p *Parquet) loadPublished(ctx context.Context) error {
+	src := "read_parquet(" + specs.QuoteLiteral(p.path) + ")"
+	rows, err := p.db.QueryContext(ctx, "DESCRIBE SELECT * FROM "+src)
+	if err != nil {
+		return fmt.Errorf("read existing file: %w", err)
+	}
+	var have []describedColumn
+	for rows.Next() {
+		var name, typ string
+		var null, key, def, extra sql.NullString
+		if err := rows.Scan(&name, &typ, &null, &key, &def, &extra); err != nil {
+			rows.Close()
+			return fmt.Errorf("read existing file: %w", err)
+		}
+		have = append(have, describedColumn{name: name, typ: parquetComparable(typ)})
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read existing file: %w", err)
+	}
+	want, err := p.inner.describe(ctx, "current_database()", "current_schema()",
+		parquetStateTable, "")
+	if err != nil {
+		return fmt.Errorf("read state table: %w", err)
+	}
+	for i := range want {
+		want[i].typ = parquetComparable(want[i].typ)
+	}
+	if err := compareColumns(p.path, have, want); err != nil {
+		return fmt.Errorf("check existing file: %w", err)
+	}
+	_, err = p.db.ExecContext(ctx, "INSERT INTO "+specs.QuoteIdent(parquetStateTable)+
+		" SELECT * FROM "+src)
+	if err != nil {
+		return fmt.Errorf("load existing file: %w", err)
+	}
+	return nil
+}
+
+// enumOrJSON matches the types Parquet stores as plain strings.
+var enumOrJSON = regexp.MustCompile(`ENUM\('(?:[^']|'')*'(?:, '(?:[^']|'')*')*\)|\bJSON\b`)
+
+// parquetComparable rewrites a DuckDB type as it reads back from Parquet,
+// where ENUM and JSON values are strings.
+func parquetComparable(typ string) string {
+	return enumOrJSON.ReplaceAllString(typ, "VARCHAR")
+}
+
+// Write upserts a batch into the state database.
+func (p *Parquet) Write(ctx context.Context, rows []Row) error {
+	if p.inner == nil {
+		return errors.New("write parquet sink: not open")
+	}
+	return p.inner.Write(ctx, rows)
+}
+
+// Close writes the file, publishes it with a rename and removes the state
+// database.
+func (p *Parquet) Close(ctx context.Context) error {
+	if p.inner == nil {
+		return nil
+	}
+	err := p.publish(ctx)
+	err = errors.Join(err, p.inner.Close(ctx), p.db.Close())
+	p.inner = nil
+	if err != nil {
+		return fmt.Errorf("close parquet sink %s: %w", p.path, err)
+	}
+	for _, f := range []string{p.state, p.state + ".wal"} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("close parquet sink %s: %w", p.path, err)
+		}
+	}
+	return nil
+}
+
+// publish writes the rows, ordered by key, to a temporary file and renames
+// it over the target.
+func (p *Parquet) publish(ctx context.Context) error {
+	tmp, err := os.CreateTemp(filepath.Dir(p.path), "."+filepath.Base(p.path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("create temporary file: %w", err)
+	}
+	tmpPath := tmp.Name()
+	tmp.Close()
+	defer os.Remove(tmpPath) // a no-op once renamed
+
+	var order []string
+	for _, c := range p.table.Key {
+		order = append(order, specs.QuoteIdent(c.Name))
+	}
+	copySQL := "COPY (SELECT * FROM " + specs.QuoteIdent(parquetStateTable) + " ORDER BY " +
+		strings.Join(order, ", ") + ") TO " + specs.QuoteLiteral(tmpPath) +
+		" (FORMAT parquet, COMPRESSION zstd)"
+	if _, err := p.db.ExecContext(ctx, copySQL); err != nil {
+		return fmt.Errorf("write parquet: %w", err)
+	}
+	if err := syncFile(tmpPath); err != nil {
+		return err
+	}
+	if err := os.Rename(tmpPath, p.path); err != nil {
+		return fmt.Errorf("publish parquet: %w", err)
+	}
+	return nil
+}
+
+// syncFile flushes a written file to disk before it is renamed into place.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("sync parquet: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync parquet: %w", err)
+	}
+	return nil
+}

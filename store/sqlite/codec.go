@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -83,58 +82,97 @@ func countsMap(c counts) map[api.RunStatus]int64 {
 	return m
 }
 
-// runCols lists the columns scanRun reads, in order, for table alias r.
+// runFrom joins a run to its output; runCols reads from it.
+const runFrom = `runs r LEFT JOIN run_outputs o ON o.ord = r.ord`
+
+// runCols lists the columns runRow reads, in order.
 const runCols = `r.id, r.group_id, r.seq, r.owner, r.processor, r.status, r.input,
-	r.spec_hash, r.warnings, r.error, r.output, r.usage, r.cached, r.attempt, r.checkpoint,
+	r.spec_hash, r.warnings, r.error, o.output, o.usage, r.cached, r.attempt, r.checkpoint,
 	r.created_at, r.modified_at, r.finished_at, r.not_before, r.lease_owner, r.lease_until`
 
-// returningRunCols is runCols for RETURNING clauses, which take no alias.
+// returningRunCols is runCols for the RETURNING clause of a status change
+// of an active run, which has no output yet.
 const returningRunCols = `id, group_id, seq, owner, processor, status, input,
-	spec_hash, warnings, error, output, usage, cached, attempt, checkpoint,
+	spec_hash, warnings, error, NULL, NULL, cached, attempt, checkpoint,
 	created_at, modified_at, finished_at, not_before, lease_owner, lease_until`
 
-// runRow receives the columns of runCols. Every field accepts NULL so that
-// an outer join can leave a run out.
+// runRow receives the columns of runCols as the driver delivers them,
+// which is cheaper than converting each through database/sql. A run left
+// out by an outer join reads as all NULL.
 type runRow struct {
-	id, groupID, owner, processor, status, specHash, leaseOwner  sql.NullString
-	seq, cached, attempt, created, modified, finished, notBefore sql.NullInt64
-	leaseUntil                                                   sql.NullInt64
-	input, warnings, errJSON, output, usage, checkpoint          []byte
+	vals [21]any
+	ptrs [21]any
 }
 
 // dest returns the scan destinations in runCols order.
 func (r *runRow) dest() []any {
-	return []any{&r.id, &r.groupID, &r.seq, &r.owner, &r.processor, &r.status, &r.input,
-		&r.specHash, &r.warnings, &r.errJSON, &r.output, &r.usage, &r.cached, &r.attempt,
-		&r.checkpoint, &r.created, &r.modified, &r.finished, &r.notBefore, &r.leaseOwner,
-		&r.leaseUntil}
+	for i := range r.vals {
+		r.ptrs[i] = &r.vals[i]
+	}
+	return r.ptrs[:]
 }
+
+// valid reports whether a run was read (not a NULL row of an outer join).
+func (r *runRow) valid() bool { return r.vals[0] != nil }
 
 // run converts the scanned row.
 func (r *runRow) run() store.Run {
+	v := &r.vals
 	return store.Run{
-		ID:         r.id.String,
-		GroupID:    r.groupID.String,
-		Seq:        r.seq.Int64,
-		Owner:      r.owner.String,
-		Processor:  r.processor.String,
-		Status:     api.RunStatus(r.status.String),
-		Input:      rawJSON(r.input),
-		SpecHash:   r.specHash.String,
-		Warnings:   rawJSON(r.warnings),
-		Error:      rawJSON(r.errJSON),
-		Output:     rawJSON(r.output),
-		Usage:      rawJSON(r.usage),
-		Cached:     r.cached.Int64 != 0,
-		Attempt:    int(r.attempt.Int64),
-		Checkpoint: rawJSON(r.checkpoint),
-		CreatedAt:  fromMicros(r.created.Int64),
-		ModifiedAt: fromMicros(r.modified.Int64),
-		FinishedAt: fromMicros(r.finished.Int64),
-		NotBefore:  fromMicros(r.notBefore.Int64),
-		LeaseOwner: r.leaseOwner.String,
-		LeaseUntil: fromMicros(r.leaseUntil.Int64),
+		ID:         text(v[0]),
+		GroupID:    text(v[1]),
+		Seq:        integer(v[2]),
+		Owner:      text(v[3]),
+		Processor:  text(v[4]),
+		Status:     api.RunStatus(text(v[5])),
+		Input:      jsonValue(v[6]),
+		SpecHash:   text(v[7]),
+		Warnings:   jsonValue(v[8]),
+		Error:      jsonValue(v[9]),
+		Output:     jsonValue(v[10]),
+		Usage:      jsonValue(v[11]),
+		Cached:     integer(v[12]) != 0,
+		Attempt:    int(integer(v[13])),
+		Checkpoint: jsonValue(v[14]),
+		CreatedAt:  fromMicros(integer(v[15])),
+		ModifiedAt: fromMicros(integer(v[16])),
+		FinishedAt: fromMicros(integer(v[17])),
+		NotBefore:  fromMicros(integer(v[18])),
+		LeaseOwner: text(v[19]),
+		LeaseUntil: fromMicros(integer(v[20])),
 	}
+}
+
+// text reads a TEXT value scanned into an any.
+func text(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case []byte:
+		return string(x)
+	}
+	return ""
+}
+
+// integer reads an INTEGER value scanned into an any.
+func integer(v any) int64 {
+	n, _ := v.(int64)
+	return n
+}
+
+// jsonValue reads a JSON BLOB scanned into an any, nil for NULL.
+func jsonValue(v any) json.RawMessage {
+	switch x := v.(type) {
+	case []byte:
+		if len(x) > 0 {
+			return x
+		}
+	case string:
+		if x != "" {
+			return json.RawMessage(x)
+		}
+	}
+	return nil
 }
 
 // specCache keeps task specs by hash. A hash names its content, so entries

@@ -21,6 +21,7 @@ func (s *Store) ListEvents(ctx context.Context, groupID string, afterSeq int64,
 	}
 	st, err := s.readStmt(ctx, `SELECT e.seq, e.kind, e.run_id, e.status, e.at, `+runCols+`
 		FROM events e LEFT JOIN runs r ON r.id = e.run_id
+		LEFT JOIN run_outputs o ON o.ord = r.ord
 		WHERE e.group_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?`)
 	if err != nil {
 		return nil, fmt.Errorf("list events of group %s: %w", groupID, err)
@@ -50,7 +51,7 @@ func (s *Store) ListEvents(ctx context.Context, groupID string, afterSeq int64,
 		if runID != nil {
 			ev.RunID = *runID
 		}
-		if row.id.Valid {
+		if row.valid() {
 			run := row.run()
 			ev.Run = &run
 		}

@@ -10,13 +10,14 @@ import (
 	"github.com/taskpipe/taskpipe/store"
 )
 
-// finishSQL applies one finish if the run is active and, for a non-empty
-// node, still leased to it.
-const finishSQL = `UPDATE runs SET prev_status = status, status = ?1, output = ?2, error = ?3,
-	usage = ?4, cached = ?5, modified_at = ?6, finished_at = ?6, lease_owner = '', lease_until = 0
-	WHERE id = ?7 AND status IN ('queued', 'running', 'cancelling')
-		AND (?8 = '' OR lease_owner = ?8)
-	RETURNING ord, prev_status, ` + returningRunCols
+// finishSet and finishWhere apply one finish if the run is active and, for
+// a non-empty node, still leased to it.
+const (
+	finishSet = `UPDATE runs SET prev_status = status, status = ?1, error = ?2, cached = ?3,
+	modified_at = ?4, finished_at = ?4, lease_owner = '', lease_until = 0 `
+	finishWhere = `WHERE id = ?5 AND status IN ('queued', 'running', 'cancelling')
+	AND (?6 = '' OR lease_owner = ?6)`
+)
 
 // FinishRuns records terminal outcomes in one transaction. A finish whose
 // run is missing, no longer active or leased to another node is skipped, as
@@ -38,7 +39,7 @@ func (s *Store) FinishRuns(ctx context.Context, fs []store.Finish) (store.Finish
 	err := s.write(ctx, func(tx *wtx) error {
 		res = store.FinishResult{}
 
-		// Apply each finish that still may be, with its webhook.
+		// Apply each finish that still may be, with its output and webhook.
 		changes := make([]change, 0, len(fs))
 		seen := make(map[string]bool, len(fs))
 		for i := range fs {
@@ -51,19 +52,14 @@ func (s *Store) FinishRuns(ctx context.Context, fs []store.Finish) (store.Finish
 			if at.IsZero() {
 				at = now
 			}
-			rows, err := tx.query(finishSQL, string(f.Status), blob(f.Output), blob(f.Error),
-				blob(f.Usage), f.Cached, micros(at), f.RunID, f.Node)
+			c, ok, err := tx.finish(f, at)
 			if err != nil {
 				return fmt.Errorf("finish run %s: %w", f.RunID, err)
 			}
-			applied, err := scanChanges(rows, 1)
-			if err != nil {
-				return fmt.Errorf("finish run %s: %w", f.RunID, err)
-			}
-			if len(applied) == 0 {
+			if !ok {
 				continue
 			}
-			changes = append(changes, applied[0])
+			changes = append(changes, c)
 			if f.Webhook != nil {
 				if err := tx.queueDelivery(*f.Webhook, f.RunID, at); err != nil {
 					return err
@@ -84,6 +80,55 @@ func (s *Store) FinishRuns(ctx context.Context, fs []store.Finish) (store.Finish
 		return store.FinishResult{}, fmt.Errorf("finish runs: %w", err)
 	}
 	return res, nil
+}
+
+// finish applies one finish and reports the change, or false when it was
+// skipped. A run this store claimed is finished without reading its row.
+func (tx *wtx) finish(f *store.Finish, at time.Time) (change, bool, error) {
+	var c change
+	args := []any{string(f.Status), blob(f.Error), f.Cached, micros(at), f.RunID, f.Node}
+	if a, ok := tx.s.active.m[f.RunID]; ok {
+		// Known run: check the lease here, then let the WHERE clause confirm.
+		if f.Node != "" && a.run.LeaseOwner != f.Node {
+			return change{}, false, nil
+		}
+		args[4] = a.ord
+		n, err := tx.exec(finishSet+`WHERE ord = ?5 AND status IN ('running', 'cancelling')
+			AND (?6 = '' OR lease_owner = ?6)`, args...)
+		if err != nil {
+			return change{}, false, err
+		}
+		if n == 0 {
+			return change{}, false, nil
+		}
+		delete(tx.s.active.m, f.RunID)
+		c = change{ord: a.ord, run: a.run, prev: a.run.Status}
+	} else {
+		// Unknown run: read it back from the update.
+		rows, err := tx.query(finishSet+finishWhere+` RETURNING ord, prev_status, `+
+			returningRunCols, args...)
+		if err != nil {
+			return change{}, false, err
+		}
+		applied, err := scanChanges(rows, 1)
+		if err != nil || len(applied) == 0 {
+			return change{}, false, err
+		}
+		c = applied[0]
+	}
+
+	// Store the output apart and report the run as it is now.
+	if len(f.Output) > 0 || len(f.Usage) > 0 {
+		if _, err := tx.exec(`INSERT OR REPLACE INTO run_outputs (ord, output, usage)
+			VALUES (?, ?, ?)`, c.ord, blob(f.Output), blob(f.Usage)); err != nil {
+			return change{}, false, fmt.Errorf("store output: %w", err)
+		}
+	}
+	r := &c.run
+	r.Status, r.Error, r.Output, r.Usage, r.Cached = f.Status, f.Error, f.Output, f.Usage, f.Cached
+	r.ModifiedAt, r.FinishedAt = fromMicros(micros(at)), fromMicros(micros(at))
+	r.LeaseOwner, r.LeaseUntil = "", time.Time{}
+	return c, true, nil
 }
 
 // appliedRuns lists the runs of changes.
@@ -152,6 +197,7 @@ func (s *Store) RetryRuns(ctx context.Context, rs []store.Retry) error {
 			}
 			changes = append(changes, applied...)
 		}
+		tx.forget(changes)
 		_, err := tx.recordChanges(changes, false)
 		return err
 	})
@@ -222,6 +268,7 @@ func (s *Store) CancelRuns(ctx context.Context, groupID string, runIDs []string,
 		}
 
 		// Log the cancelled runs and the groups' new status.
+		tx.forget(changes)
 		events, err := tx.recordChanges(changes, true)
 		if err != nil {
 			return err
@@ -261,6 +308,7 @@ func (s *Store) Recover(ctx context.Context, node string, now time.Time) (int64,
 			return err
 		}
 		n = int64(len(changes))
+		tx.forget(changes)
 		events, err = tx.recordChanges(changes, true)
 		return err
 	})

@@ -169,6 +169,7 @@ func (tx *wtx) appendEvent(ev store.Event) error {
 
 // change is one run whose status a transaction changed.
 type change struct {
+	ord  int64 // the run's position in the runs table
 	run  store.Run
 	prev api.RunStatus
 }

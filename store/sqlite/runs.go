@@ -1,12 +1,14 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/taskpipe/taskpipe/api"
@@ -67,9 +69,10 @@ func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 			return err
 		}
 
-		// Insert the runs in input order.
-		for i := range runs {
-			if err := tx.insertRun(&runs[i], groupID, firstSeq, int64(i), now); err != nil {
+		// Insert the runs in input order, several per statement.
+		for i := 0; i < len(runs); i += insertChunk {
+			end := min(i+insertChunk, len(runs))
+			if err := tx.insertRuns(runs[i:end], groupID, firstSeq, int64(i), now); err != nil {
 				return err
 			}
 		}
@@ -157,34 +160,56 @@ func (tx *wtx) spec(hash string) (json.RawMessage, error) {
 	return spec, rows.Close()
 }
 
-// insertRun inserts the i-th run of a batch as queued.
-func (tx *wtx) insertRun(r *store.Run, groupID string, firstSeq, i int64, now time.Time) error {
-	created := r.CreatedAt
-	if created.IsZero() {
-		created = now
+// insertChunk is how many runs one INSERT statement stores; 13 values
+// each stay well below SQLite's limit on parameters.
+const insertChunk = 64
+
+// insertSQL returns the INSERT statement for n runs.
+func insertSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO runs (id, group_id, seq, owner, processor, status, input,
+		spec_hash, warnings, checkpoint, created_at, modified_at, not_before) VALUES `)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)")
 	}
-	modified := r.ModifiedAt
-	if modified.IsZero() {
-		modified = created
+	return b.String()
+}
+
+// insertRuns inserts runs as queued, the first being the first-th run of
+// the batch.
+func (tx *wtx) insertRuns(runs []store.Run, groupID string, firstSeq, first int64,
+	now time.Time) error {
+	args := make([]any, 0, 12*len(runs))
+	for i := range runs {
+		r := &runs[i]
+		created := r.CreatedAt
+		if created.IsZero() {
+			created = now
+		}
+		modified := r.ModifiedAt
+		if modified.IsZero() {
+			modified = created
+		}
+		seq := int64(0)
+		if groupID != "" {
+			seq = firstSeq + first + int64(i)
+		}
+		args = append(args, r.ID, groupID, seq, r.Owner, r.Processor, blob(r.Input), r.SpecHash,
+			blob(r.Warnings), blob(r.Checkpoint), micros(created), micros(modified),
+			micros(r.NotBefore))
 	}
-	seq := int64(0)
-	if groupID != "" {
-		seq = firstSeq + i
-	}
-	_, err := tx.exec(`INSERT INTO runs (id, group_id, seq, owner, processor, status, input,
-		spec_hash, warnings, checkpoint, created_at, modified_at, not_before)
-		VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)`,
-		r.ID, groupID, seq, r.Owner, r.Processor, blob(r.Input), r.SpecHash, blob(r.Warnings),
-		blob(r.Checkpoint), micros(created), micros(modified), micros(r.NotBefore))
-	if err != nil {
-		return fmt.Errorf("insert run %s: %w", r.ID, err)
+	if _, err := tx.exec(insertSQL(len(runs)), args...); err != nil {
+		return fmt.Errorf("insert runs %s...: %w", runs[0].ID, err)
 	}
 	return nil
 }
 
 // GetRun returns a run with its spec, or store.ErrNotFound.
 func (s *Store) GetRun(ctx context.Context, id string) (store.Run, error) {
-	st, err := s.readStmt(ctx, `SELECT `+runCols+`, s.spec FROM runs r
+	st, err := s.readStmt(ctx, `SELECT `+runCols+`, s.spec FROM `+runFrom+`
 		LEFT JOIN task_specs s ON s.hash = r.spec_hash WHERE r.id = ?`)
 	if err != nil {
 		return store.Run{}, fmt.Errorf("get run %s: %w", id, err)
@@ -221,11 +246,11 @@ func (s *Store) ListRuns(ctx context.Context, groupID string, afterSeq int64,
 		err error
 	)
 	if status == "" {
-		st, err = s.readStmt(ctx, `SELECT `+runCols+` FROM runs r
-			WHERE r.group_id = ?1 AND r.seq > ?2 AND ?3 = '' ORDER BY r.seq LIMIT ?4`)
+		st, err = s.readStmt(ctx, `SELECT `+runCols+` FROM `+runFrom+`
+			WHERE r.group_id = ?1 AND r.group_id <> '' AND r.seq > ?2 AND ?3 = '' ORDER BY r.seq LIMIT ?4`)
 	} else {
-		st, err = s.readStmt(ctx, `SELECT `+runCols+` FROM runs r
-			WHERE r.group_id = ?1 AND r.seq > ?2 AND r.status = ?3 ORDER BY r.seq LIMIT ?4`)
+		st, err = s.readStmt(ctx, `SELECT `+runCols+` FROM `+runFrom+`
+			WHERE r.group_id = ?1 AND r.group_id <> '' AND r.seq > ?2 AND r.status = ?3 ORDER BY r.seq LIMIT ?4`)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list runs of group %s: %w", groupID, err)
@@ -279,6 +304,7 @@ func (s *Store) ClaimRuns(ctx context.Context, c store.Claim) ([]store.Run, erro
 		}
 		claimed = make([]store.Run, len(changes))
 		for i := range changes {
+			tx.s.active.remember(changes[i].ord, changes[i].run)
 			claimed[i] = changes[i].run
 			if claimed[i].SpecHash == "" {
 				continue
@@ -304,22 +330,21 @@ func (s *Store) ClaimRuns(ctx context.Context, c store.Claim) ([]store.Run, erro
 // returningRunCols and returns them in ord order, the order runs were added.
 func scanChanges(rows *sql.Rows, capHint int) ([]change, error) {
 	defer rows.Close()
-	type ordered struct {
-		ord int64
-		c   change
-	}
-	out := make([]ordered, 0, min(capHint, 1024))
+	changes := make([]change, 0, min(capHint, 1024))
+	var (
+		row  runRow
+		prev string
+	)
+	dest := append([]any{nil, &prev}, row.dest()...)
 	for rows.Next() {
-		var (
-			row  runRow
-			o    ordered
-			prev string
-		)
-		if err := rows.Scan(append([]any{&o.ord, &prev}, row.dest()...)...); err != nil {
+		var c change
+		dest[0] = &c.ord
+		if err := rows.Scan(dest...); err != nil {
 			return nil, err
 		}
-		o.c = change{run: row.run(), prev: api.RunStatus(prev)}
-		out = append(out, o)
+		c.run = row.run()
+		c.prev = api.RunStatus(prev)
+		changes = append(changes, c)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -327,11 +352,7 @@ func scanChanges(rows *sql.Rows, capHint int) ([]change, error) {
 	if err := rows.Close(); err != nil {
 		return nil, err
 	}
-	slices.SortFunc(out, func(a, b ordered) int { return int(a.ord - b.ord) })
-	changes := make([]change, len(out))
-	for i := range out {
-		changes[i] = out[i].c
-	}
+	slices.SortFunc(changes, func(a, b change) int { return cmp.Compare(a.ord, b.ord) })
 	return changes, nil
 }
 
@@ -343,9 +364,14 @@ func (s *Store) ExtendLeases(ctx context.Context, node string, runIDs []string, 
 	}
 	err := s.write(ctx, func(tx *wtx) error {
 		for _, id := range runIDs {
-			if _, err := tx.exec(`UPDATE runs SET lease_until = ? WHERE id = ? AND lease_owner = ?
-				AND status IN ('running', 'cancelling')`, micros(until), id, node); err != nil {
+			n, err := tx.exec(`UPDATE runs SET lease_until = ? WHERE id = ? AND lease_owner = ?
+				AND status IN ('running', 'cancelling')`, micros(until), id, node)
+			if err != nil {
 				return err
+			}
+			if a, ok := tx.s.active.m[id]; ok && n == 1 {
+				a.run.LeaseUntil = fromMicros(micros(until))
+				tx.s.active.m[id] = a
 			}
 		}
 		return nil
@@ -366,6 +392,10 @@ func (s *Store) SaveCheckpoint(ctx context.Context, runID string, state json.Raw
 		}
 		if n == 0 {
 			return store.ErrNotFound
+		}
+		if a, ok := tx.s.active.m[runID]; ok {
+			a.run.Checkpoint = rawJSON(state)
+			tx.s.active.m[runID] = a
 		}
 		return nil
 	})

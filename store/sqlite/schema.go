@@ -50,8 +50,6 @@ CREATE TABLE runs (
 	spec_hash   TEXT NOT NULL,
 	warnings    BLOB,
 	error       BLOB,
-	output      BLOB,
-	usage       BLOB,
 	cached      INTEGER NOT NULL DEFAULT 0,
 	attempt     INTEGER NOT NULL DEFAULT 0,
 	checkpoint  BLOB,
@@ -69,6 +67,14 @@ CREATE UNIQUE INDEX runs_group_seq ON runs (group_id, seq) WHERE group_id <> '';
 CREATE INDEX runs_claim ON runs (processor, ord, not_before) WHERE status = 'queued';
 CREATE INDEX runs_leased ON runs (lease_owner, lease_until)
 	WHERE status IN ('running', 'cancelling');
+
+-- run_outputs holds what a run produced, apart from the runs table so that
+-- finishing a run does not grow its row in place
+CREATE TABLE run_outputs (
+	ord    INTEGER PRIMARY KEY,
+	output BLOB,
+	usage  BLOB
+);
 
 CREATE TABLE events (
 	group_id TEXT NOT NULL,

@@ -38,7 +38,8 @@ type Store struct {
 	rdb    *sql.DB
 	rstmts sync.Map // query -> *sql.Stmt prepared on rdb
 
-	specs specCache
+	specs  specCache
+	active activeRuns // guarded by writeSlot
 
 	closeOnce sync.Once
 	closeErr  error
@@ -99,6 +100,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	s := &Store{path: path, writeSlot: make(chan struct{}, 1),
 		closed: make(chan struct{}), wstmts: map[string]*sql.Stmt{}}
 	s.specs.init(4096)
+	s.active.reset()
 	var err error
 	s.wdb, err = sql.Open("sqlite", dsn(path, cfg, false))
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/store"
 	"github.com/taskpipe/taskpipe/store/sqlite"
 	"github.com/taskpipe/taskpipe/store/storetest"
@@ -71,5 +73,58 @@ func TestOpen_WALAndSchemaVersion(t *testing.T) {
 		if err := s.CreateGroup(ctx, store.Group{ID: "g"}); err == nil {
 			t.Error("CreateGroup after Close succeeded")
 		}
+	}
+}
+
+// TestStore_SecondWriterInvalidatesClaimedRuns checks that a change made
+// through another handle on the same file (another process, say) is seen
+// by a store finishing runs it claimed: the counters must follow the run's
+// real previous status.
+func TestStore_SecondWriterInvalidatesClaimedRuns(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "taskpipe.db")
+	a, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.CreateGroup(ctx, store.Group{ID: "g"}); err != nil {
+		t.Fatal(err)
+	}
+	runs := []store.Run{{ID: "r1", Processor: "lite"}, {ID: "r2", Processor: "lite"}}
+	if _, err := a.AddRuns(ctx, "g", runs, nil); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if _, err := a.ClaimRuns(ctx, store.Claim{Processor: "lite", Node: "n1", Limit: 2, Now: now,
+		LeaseUntil: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another handle cancels r1 while a still remembers it as running.
+	b, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CancelRuns(ctx, "g", []string{"r1"}, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := a.FinishRuns(ctx, []store.Finish{
+		{RunID: "r1", Node: "n1", Status: api.StatusCancelled, At: now},
+		{RunID: "r2", Node: "n1", Status: api.StatusCompleted, At: now}})
+	if err != nil || len(res.Applied) != 2 {
+		t.Fatalf("FinishRuns = %d applied, %v; want 2", len(res.Applied), err)
+	}
+	g, err := a.GetGroup(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[api.RunStatus]int64{api.StatusCancelled: 1, api.StatusCompleted: 1}
+	if len(g.Counts) != 2 || g.Counts[api.StatusCancelled] != 1 || g.Counts[api.StatusCompleted] != 1 {
+		t.Errorf("counts = %v, want %v", g.Counts, want)
 	}
 }

@@ -47,13 +47,20 @@ func (s *Store) write(ctx context.Context, fn func(tx *wtx) error) (err error) {
 	if _, err := s.w.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	if err := fn(&wtx{ctx: ctx, s: s}); err != nil {
+	tx := &wtx{ctx: ctx, s: s}
+	err = tx.checkVersion()
+	if err == nil {
+		err = fn(tx)
+	}
+	if err != nil {
+		s.active.reset()
 		if _, rerr := s.w.ExecContext(quiet, "ROLLBACK"); rerr != nil {
 			return errors.Join(err, fmt.Errorf("roll back: %w", rerr))
 		}
 		return err
 	}
 	if _, err := s.w.ExecContext(quiet, "COMMIT"); err != nil {
+		s.active.reset()
 		_, _ = s.w.ExecContext(quiet, "ROLLBACK")
 		return fmt.Errorf("commit: %w", err)
 	}

@@ -65,6 +65,7 @@ func (p *Parquet) Open(ctx context.Context, t specs.Table) error {
 	if _, err := os.Stat(p.path); err != nil {
 		return nil // nothing published yet
 	}
+	p.inner.assumeRowsExist()
 	if err := p.loadPublished(ctx); err != nil {
 		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
 	}

@@ -490,7 +490,8 @@ func OutputColumns(s api.Schema) ([]Column, error) {
 // Convert turns a decoded JSON value (from encoding/json, numbers as
 // float64 or json.Number) into the Go value a sink writes for type t:
 // string, int64, float64, bool, []any, map[string]any or, for JSON, the
-// value's JSON text. A value that does not fit gives an error naming field.
+// value's JSON text as a json.RawMessage (which DuckDB's Appender writes to
+// a JSON column as is, where it would encode a string once more). A value that does not fit gives an error naming field.
 func (t Type) Convert(field string, v any) (any, error) {
 	if v == nil {
 		return nil, nil
@@ -521,7 +522,7 @@ func (t Type) Convert(field string, v any) (any, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: encode JSON: %w", field, err)
 		}
-		return string(b), nil
+		return json.RawMessage(b), nil
 	}
 	return v, nil
 }

@@ -144,7 +144,7 @@ func TestType_Convert(t *testing.T) {
 			map[string]any{"n": int64(1), "tags": []any{"a"}}, ""},
 		{"struct missing field", st, `{"n":1}`, map[string]any{"n": int64(1), "tags": nil}, ""},
 		{"struct bad field", st, `{"n":"x"}`, nil, `revenue.n: want an integer, got string "x"`},
-		{"json", JSONType, `{"b":[1,2.50]}`, `{"b":[1,2.50]}`, ""},
+		{"json", JSONType, `{"b":[1,2.50]}`, json.RawMessage(`{"b":[1,2.50]}`), ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -186,7 +186,10 @@ func (t Table) OutputValues(content json.RawMessage) ([]any, error) {
 		values[0] = s
 		return values, nil
 	case api.SchemaAuto:
-		values[0] = trimmed
+		if !json.Valid([]byte(trimmed)) {
+			return nil, fmt.Errorf("decode output: content is not valid JSON")
+		}
+		values[0] = json.RawMessage(trimmed)
 		return values, nil
 	}
 

@@ -40,6 +40,7 @@ var registry = struct {
 	"synthetic": newSyntheticKind,
 	"http":      newHTTPKind,
 	"exec":      newExecKind,
+	"openai":    newOpenAIKind,
 }}
 
 // Register adds a processor kind, such as one built outside this package.

@@ -1,0 +1,391 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/taskpipe/taskpipe/api"
+	"github.com/taskpipe/taskpipe/sinks"
+)
+
+// errScanDone ends a runs scan early.
+var errScanDone = errors.New("scan done")
+
+// follower writes results as runs finish: it listens to the group's events
+// stream for finished runs, then reads their outputs from the runs stream
+// in batches and upserts them into the sinks.
+//
+// The runs stream is read from a watermark, the cursor after which not
+// every run is settled yet; it moves forward as runs finish, so each scan
+// covers about the runs in flight, not the whole group.
+type follower struct {
+	*runner
+	// finished holds run ids reported finished and not yet written.
+	finished map[string]bool
+	// settledAhead holds runs past the watermark already handled.
+	settledAhead map[string]bool
+	runCursor    string
+	eventCursor  string
+}
+
+// follow runs until every outstanding row of this pass is written (once the
+// submitter is done), ctx ends or following fails for good.
+func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
+	f := &follower{runner: r, finished: map[string]bool{}, settledAhead: map[string]bool{},
+		runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor}
+
+	// Catch up with whatever finished while no one was following.
+	if err := f.scan(ctx, true); err != nil {
+		return err
+	}
+	failures := 0
+	for {
+		if isClosed(submitted) && r.outstanding.Load() <= 0 {
+			return nil
+		}
+
+		// Follow one events stream connection to its end.
+		err := f.stream(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			failures++
+			if failures > maxStreamFailures {
+				return fmt.Errorf("follow group %s: %w", r.groupID, err)
+			}
+			wait := min(time.Duration(failures)*500*time.Millisecond, 10*time.Second)
+			r.log.Warn("group events stream dropped; resuming", "group_id", r.groupID,
+				"after", wait, "error", err)
+			if !sleep(ctx, wait) {
+				return ctx.Err()
+			}
+			continue
+		}
+		failures = 0
+
+		// The stream ended: the group is inactive (or the stream's time
+		// limit passed). Write anything the stream did not report.
+		if err := f.scan(ctx, true); err != nil {
+			return err
+		}
+		g, err := r.opts.Groups.GetTaskGroup(ctx, r.groupID)
+		if err != nil {
+			return fmt.Errorf("get group %s: %w", r.groupID, err)
+		}
+		if g.Status.IsActive {
+			continue
+		}
+		if isClosed(submitted) {
+			if n := r.outstanding.Load(); n > 0 {
+				return f.settleLost(ctx)
+			}
+			return nil
+		}
+		// More runs are coming: wait for the next chunk before listening.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.added:
+		case <-submitted:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// maxStreamFailures is how many consecutive failed connections to the
+// events stream end the pipeline with an error.
+const maxStreamFailures = 8
+
+// stream reads the events stream once, collecting finished runs and
+// writing them every FlushInterval or 1,000 runs.
+func (f *follower) stream(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := make(chan api.Event, 4096)
+	streamErr := make(chan error, 1)
+	go func() {
+		defer close(events)
+		streamErr <- f.opts.Groups.GroupEvents(ctx, f.groupID,
+			api.GroupEventsQuery{LastEventID: f.eventCursor},
+			func(ev api.Event) error {
+				select {
+				case events <- ev:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			})
+	}()
+
+	tick := time.NewTicker(f.opts.FlushInterval)
+	defer tick.Stop()
+	cursor := f.eventCursor
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				// The stream ended; write what it reported.
+				if err := f.flush(ctx, cursor); err != nil {
+					return err
+				}
+				return <-streamErr
+			}
+			cursor = f.collect(ev, cursor)
+			if len(f.finished) >= DefaultChunkSize {
+				if err := f.flush(ctx, cursor); err != nil {
+					return err
+				}
+			}
+		case <-tick.C:
+			if err := f.flush(ctx, cursor); err != nil {
+				return err
+			}
+			if f.done() {
+				return nil
+			}
+		}
+	}
+}
+
+// done reports whether every row of this pass is written and no more runs
+// will be added.
+func (f *follower) done() bool {
+	return isClosed(f.submitted) && f.outstanding.Load() <= 0
+}
+
+// collect notes one event and returns the new events cursor.
+func (f *follower) collect(ev api.Event, cursor string) string {
+	switch e := ev.(type) {
+	case *api.TaskRunEvent:
+		if e.Run.Status.Terminal() {
+			f.finished[e.Run.RunID] = true
+		}
+		if e.EventID != nil {
+			cursor = *e.EventID
+		}
+	case *api.TaskGroupStatusEvent:
+		cursor = e.EventID
+	case *api.ErrorEvent:
+		f.log.Warn("group events stream reported an error", "group_id", f.groupID,
+			"error", e.Error.Message)
+	}
+	return cursor
+}
+
+// flush writes the finished runs collected so far and records the events
+// cursor up to which every event is handled.
+func (f *follower) flush(ctx context.Context, cursor string) error {
+	// Events often trail the scans: drop runs already written (and runs
+	// that serve no row) so that a scan does not look for them.
+	if len(f.finished) > 0 {
+		ids := make([]string, 0, len(f.finished))
+		for id := range f.finished {
+			ids = append(ids, id)
+		}
+		f.mu.Lock()
+		states, err := f.state.byRunIDs(ctx, ids)
+		f.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if s, ok := states[id]; !ok || s.Status != stateSubmitted {
+				delete(f.finished, id)
+			}
+		}
+	}
+	if len(f.finished) > 0 {
+		if err := f.scan(ctx, false); err != nil {
+			return err
+		}
+	}
+	if cursor != f.eventCursor {
+		f.eventCursor = cursor
+		if err := f.state.setCursors(ctx, f.opts.Target, f.runCursor, f.eventCursor); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scan reads the runs stream from the watermark with outputs and writes
+// every finished run it meets. A full scan reads to the end of the group;
+// otherwise it stops once every collected finished run was met and the
+// watermark cannot move further.
+func (f *follower) scan(ctx context.Context, full bool) error {
+	var (
+		buf       []*api.TaskRunEvent
+		prefix    = true // every run so far is finished
+		watermark = f.runCursor
+		passed    []string // runs the watermark moved over
+	)
+	err := f.opts.Groups.GroupRuns(ctx, f.groupID,
+		api.GroupRunsQuery{LastEventID: f.runCursor, IncludeOutput: true},
+		func(ev *api.TaskRunEvent) error {
+			id := ev.Run.RunID
+			terminal := ev.Run.Status.Terminal()
+			if terminal && !f.settledAhead[id] {
+				buf = append(buf, ev)
+			}
+			delete(f.finished, id)
+			if prefix && terminal && ev.EventID != nil {
+				watermark = *ev.EventID
+				passed = append(passed, id)
+			} else {
+				prefix = false
+			}
+			if len(buf) >= DefaultChunkSize {
+				if err := f.write(ctx, buf); err != nil {
+					return err
+				}
+				buf = buf[:0]
+			}
+			if !full && !prefix && len(f.finished) == 0 {
+				return errScanDone
+			}
+			return nil
+		})
+	if err != nil && !errors.Is(err, errScanDone) {
+		return fmt.Errorf("read runs of group %s: %w", f.groupID, err)
+	}
+	if err := f.write(ctx, buf); err != nil {
+		return err
+	}
+	// Runs reported finished but not met were behind the watermark.
+	clear(f.finished)
+
+	// Move the watermark: everything before it is written.
+	for _, id := range passed {
+		delete(f.settledAhead, id)
+	}
+	if watermark != f.runCursor {
+		f.runCursor = watermark
+		if err := f.state.setCursors(ctx, f.opts.Target, f.runCursor, f.eventCursor); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// write turns finished runs into rows, upserts them into the sinks and
+// then settles their state.
+func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	ids := make([]string, len(evs))
+	for i, ev := range evs {
+		ids[i] = ev.Run.RunID
+	}
+	f.mu.Lock()
+	states, err := f.state.byRunIDs(ctx, ids)
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+
+	// Only runs that still serve a row waiting for them become rows.
+	rows := make([]sinks.Row, 0, len(evs))
+	settle := make(map[string]string, len(evs))
+	var completed, failed, cancelled, bad int64
+	for _, ev := range evs {
+		id := ev.Run.RunID
+		f.settledAhead[id] = true
+		s, ok := states[id]
+		if !ok || s.Status != stateSubmitted {
+			continue
+		}
+		row, status, err := f.builder.runRow(s, ev)
+		if err != nil {
+			return fmt.Errorf("build row of run %s: %w", id, err)
+		}
+		rows = append(rows, row)
+		settle[id] = status
+		switch status {
+		case string(api.StatusCompleted):
+			completed++
+		case string(api.StatusCancelled):
+			cancelled++
+		case StatusInvalidOutput:
+			bad++
+		default:
+			failed++
+		}
+	}
+	if err := f.writeSinks(ctx, rows); err != nil {
+		return err
+	}
+
+	f.mu.Lock()
+	n, err := f.state.settle(ctx, settle, f.pass)
+	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	f.outstanding.Add(-n)
+	f.counts.completed.Add(completed)
+	f.counts.failed.Add(failed)
+	f.counts.cancelled.Add(cancelled)
+	f.counts.badOutputs.Add(bad)
+	return nil
+}
+
+// settleLost fails the rows whose runs the inactive group does not have
+// (its server lost them), so that none is left waiting forever.
+func (f *follower) settleLost(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lost, err := f.state.lost(ctx, f.pass, f.groupID)
+	if err != nil {
+		return err
+	}
+	rows := make([]sinks.Row, 0, len(lost))
+	settle := map[string]string{}
+	for _, s := range lost {
+		msg := fmt.Sprintf("run %s is not in group %s any more", s.RunID, f.groupID)
+		ev := &api.TaskRunEvent{Run: api.TaskRun{RunID: s.RunID, Status: api.StatusFailed,
+			Error: &api.ErrorObject{Message: msg}}}
+		row, _, err := f.builder.runRow(s, ev)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, row)
+		settle[s.RunID] = string(api.StatusFailed)
+		f.log.Error("run lost", "key", s.Key, "run_id", s.RunID, "group_id", f.groupID)
+	}
+	if err := f.writeSinks(ctx, rows); err != nil {
+		return err
+	}
+	n, err := f.state.settle(ctx, settle, f.pass)
+	if err != nil {
+		return err
+	}
+	f.outstanding.Add(-n)
+	f.counts.failed.Add(int64(len(rows)))
+	return nil
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,358 @@
+package pipeline_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/taskpipe/taskpipe/api"
+	"github.com/taskpipe/taskpipe/engine"
+	"github.com/taskpipe/taskpipe/pipeline"
+	"github.com/taskpipe/taskpipe/processors"
+	"github.com/taskpipe/taskpipe/sinks"
+	"github.com/taskpipe/taskpipe/sources"
+	"github.com/taskpipe/taskpipe/sources/sourcetest"
+	"github.com/taskpipe/taskpipe/specs"
+)
+
+// taskSpec asks for a typed answer per company; the input schema needs a
+// name that is a string.
+var taskSpec = api.TaskSpec{
+	InputSchema: &api.Schema{Type: api.SchemaJSON, JSONSchema: json.RawMessage(`{
+		"type": "object",
+		"properties": {"name": {"type": "string"}, "id": {"type": "integer"}},
+		"required": ["name"]}`)},
+	OutputSchema: api.Schema{Type: api.SchemaJSON, JSONSchema: json.RawMessage(`{
+		"type": "object",
+		"properties": {
+			"employees": {"type": "integer", "description": "employee estimate"},
+			"tier": {"type": "string", "enum": ["small", "mid", "large"]},
+			"public": {"type": "boolean"}
+		},
+		"required": ["employees", "tier", "public"],
+		"additionalProperties": false}`)},
+}
+
+// harness is one pipeline over n rows with an embedded engine.
+type harness struct {
+	t        *testing.T
+	dir      string
+	source   string // parquet path
+	dbPath   string
+	synth    processors.SyntheticOptions
+	groups   api.TaskGroups // optional wrapper around the engine
+	wrap     func(api.TaskGroups) api.TaskGroups
+	spec     api.TaskSpec
+	progress func(pipeline.Progress)
+}
+
+// newHarness writes n rows (id, name); every 10th name is NULL when
+// withNulls, which the input schema refuses.
+func newHarness(t *testing.T, n int, withNulls bool) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	name := "'company ' || i"
+	if withNulls {
+		name = "CASE WHEN i % 10 = 3 THEN NULL ELSE 'company ' || i END"
+	}
+	src := sourcetest.WriteParquet(t, dir, fmt.Sprintf(
+		"SELECT i::BIGINT AS id, %s AS name FROM range(%d) t(i)", name, n))
+	return &harness{t: t, dir: dir, source: src, dbPath: filepath.Join(dir, "out.duckdb"), spec: taskSpec}
+}
+
+// run runs the pipeline once with opts changes applied.
+func (h *harness) run(ctx context.Context, change func(*pipeline.Options)) (pipeline.Summary, error) {
+	h.t.Helper()
+	synth, err := processors.NewSynthetic(h.synth)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	target, err := pipeline.OpenTarget(ctx, specs.Target{Engine: specs.EngineEmbedded},
+		pipeline.TargetOptions{StateDir: filepath.Join(h.dir, "state"),
+			Backends: map[string]engine.Backend{"synthetic": {Processor: synth, Concurrency: 512}}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer target.Close(ctx)
+	src, err := sources.NewParquet(sources.ParquetOptions{Paths: []string{h.source}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer src.Close()
+	sink, err := sinks.NewDuckDBFile(h.dbPath, "results")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer sink.Close(ctx)
+	groups := api.TaskGroups(target.Groups)
+	if h.wrap != nil {
+		groups = h.wrap(groups)
+	}
+	opts := pipeline.Options{
+		Name: "test", Source: src, Sinks: []pipeline.Sink{sink}, Key: []string{"id"},
+		TaskSpec: h.spec, Processor: "synthetic", Groups: groups, Target: target.ID,
+		StateDir: filepath.Join(h.dir, "state"), FlushInterval: 20 * time.Millisecond,
+		Progress: h.progress, ProgressEvery: 10 * time.Millisecond,
+	}
+	if change != nil {
+		change(&opts)
+	}
+	return pipeline.Run(ctx, opts)
+}
+
+// query runs a query against the result database.
+func (h *harness) query(q string, dest ...any) {
+	h.t.Helper()
+	db, err := sinks.OpenDuckDB(h.dbPath)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.QueryRow(q).Scan(dest...); err != nil {
+		h.t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func TestRun_WritesEveryRowOnceAndResumes(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 200, true)
+	sum, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Rows != 200 || sum.Submitted != 180 || sum.Statuses["completed"] != 180 ||
+		sum.Statuses[pipeline.StatusInvalidInput] != 20 || sum.Failed != 20 {
+		t.Fatalf("first run summary = %+v", sum)
+	}
+
+	// Every key once; invalid rows carry their reason and no run.
+	var rows, keys, completed, invalid, typed int64
+	h.query(`SELECT count(*), count(DISTINCT id),
+		count(*) FILTER (status = 'completed'),
+		count(*) FILTER (status = 'invalid_input' AND run_id IS NULL AND error LIKE '%name%'),
+		count(*) FILTER (typeof(employees) = 'BIGINT' AND typeof(public) = 'BOOLEAN')
+		FROM results`, &rows, &keys, &completed, &invalid, &typed)
+	if rows != 200 || keys != 200 || completed != 180 || invalid != 20 || typed != 200 {
+		t.Errorf("table: %d rows, %d keys, %d completed, %d invalid, %d typed",
+			rows, keys, completed, invalid, typed)
+	}
+
+	// A second run submits nothing and changes nothing.
+	var before string
+	h.query(`SELECT string_agg(run_id, ',' ORDER BY id) FROM results`, &before)
+	sum, err = h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Submitted != 0 || sum.Skipped != 180 || sum.Statuses["completed"] != 180 {
+		t.Errorf("second run summary = %+v", sum)
+	}
+	var after string
+	h.query(`SELECT string_agg(run_id, ',' ORDER BY id) FROM results`, &after)
+	if before != after {
+		t.Errorf("run ids changed on a re-run")
+	}
+}
+
+func TestRun_ChangedSpecMakesNewRuns(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 30, false)
+	if _, err := h.run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	var first string
+	h.query(`SELECT min(spec_hash) FROM results`, &first)
+	h.spec.OutputSchema.JSONSchema = json.RawMessage(`{"type": "object",
+		"properties": {"employees": {"type": "integer"}, "tier": {"type": "string",
+		"enum": ["small", "mid", "large"]}, "public": {"type": "boolean"},
+		"hq": {"type": "string"}},
+		"required": ["employees", "tier", "public", "hq"], "additionalProperties": false}`)
+	// The table's columns change with the spec: write to a new database.
+	h.dbPath = filepath.Join(h.dir, "out2.duckdb")
+	sum, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Submitted != 30 || sum.Skipped != 0 {
+		t.Errorf("summary after a spec change = %+v", sum)
+	}
+	var n int64
+	var second string
+	h.query(`SELECT count(*) FILTER (hq IS NOT NULL), min(spec_hash) FROM results`, &n, &second)
+	if n != 30 || second == first {
+		t.Errorf("%d rows with the new field, spec hash %s -> %s", n, first, second)
+	}
+}
+
+func TestRun_RetryFailed(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 100, false)
+	h.synth.FailureRate = 0.3
+	sum, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := sum.Statuses["failed"]
+	if failed == 0 || failed == 100 || sum.Failed != failed {
+		t.Fatalf("first run: %+v", sum)
+	}
+	var withError int64
+	h.query(`SELECT count(*) FROM results WHERE status = 'failed' AND error <> ''`, &withError)
+	if withError != failed {
+		t.Errorf("%d failed rows carry an error, want %d", withError, failed)
+	}
+
+	// Without --retry-failed nothing is submitted; with it only the
+	// failed rows are (and fail again: the synthetic failures are
+	// deterministic).
+	sum, err = h.run(ctx, nil)
+	if err != nil || sum.Submitted != 0 || sum.Statuses["failed"] != failed {
+		t.Errorf("re-run without retry: %+v, %v", sum, err)
+	}
+	sum, err = h.run(ctx, func(o *pipeline.Options) { o.RetryFailed = true })
+	if err != nil || sum.Submitted != failed || sum.Statuses["failed"] != failed {
+		t.Errorf("re-run with retry: %+v, %v (want %d submitted)", sum, err, failed)
+	}
+}
+
+func TestRun_LimitAndNoWait(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 50, false)
+	h.synth.Latency = processors.LatencyOptions{Distribution: processors.LatencyFixed,
+		Mean: 300 * time.Millisecond}
+	sum, err := h.run(ctx, func(o *pipeline.Options) { o.Limit = 20; o.NoWait = true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Rows != 20 || sum.Submitted != 20 || sum.Waited || sum.GroupID == "" {
+		t.Fatalf("no-wait summary = %+v", sum)
+	}
+	// The next run re-attaches to the 20 runs and adds the other 30.
+	sum, err = h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Reattached+sum.Skipped != 20 || sum.Submitted != 30 || sum.Statuses["completed"] != 50 {
+		t.Errorf("follow-up summary = %+v", sum)
+	}
+	var n int64
+	h.query(`SELECT count(DISTINCT run_id) FROM results WHERE status = 'completed'`, &n)
+	if n != 50 {
+		t.Errorf("%d completed runs in the table, want 50", n)
+	}
+}
+
+// crashAfterAdd passes add-runs calls through but fails the nth one after it
+// reached the engine, as a process killed before recording run ids would.
+type crashAfterAdd struct {
+	api.TaskGroups
+	n     int64
+	calls atomic.Int64
+}
+
+func (c *crashAfterAdd) AddRuns(ctx context.Context, id string, req api.TaskGroupRunRequest) (api.TaskGroupRunResponse, error) {
+	resp, err := c.TaskGroups.AddRuns(ctx, id, req)
+	if c.calls.Add(1) == c.n {
+		return api.TaskGroupRunResponse{}, errors.New("simulated crash after add-runs")
+	}
+	return resp, err
+}
+
+func TestRun_ReconcilesAnAddWhoseReplyWasLost(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 250, false)
+	h.wrap = func(g api.TaskGroups) api.TaskGroups { return &crashAfterAdd{TaskGroups: g, n: 2} }
+	if _, err := h.run(ctx, func(o *pipeline.Options) { o.ChunkSize = 100 }); err == nil {
+		t.Fatal("first run did not fail")
+	}
+	h.wrap = nil
+	sum, err := h.run(ctx, func(o *pipeline.Options) { o.ChunkSize = 100 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Adopted != 100 || sum.Statuses["completed"] != 250 {
+		t.Errorf("summary = %+v, want 100 adopted and 250 completed", sum)
+	}
+	// The group holds exactly one run per row: nothing was added twice.
+	synth, _ := processors.NewSynthetic(processors.SyntheticOptions{})
+	target, err := pipeline.OpenTarget(ctx, specs.Target{}, pipeline.TargetOptions{
+		StateDir: filepath.Join(h.dir, "state"),
+		Backends: map[string]engine.Backend{"synthetic": {Processor: synth}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close(ctx)
+	g, err := target.Groups.GetTaskGroup(ctx, sum.GroupID)
+	if err != nil || g.Status.NumTaskRuns != 250 {
+		t.Errorf("group has %d runs (err %v), want 250", g.Status.NumTaskRuns, err)
+	}
+}
+
+func TestRun_RowsVisibleBeforeTheGroupFinishes(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 300, false)
+	h.synth.Latency = processors.LatencyOptions{Distribution: processors.LatencyUniform,
+		Min: 10 * time.Millisecond, Max: 3 * time.Second}
+
+	// Poll the table from another connection while the pipeline runs.
+	type seen struct {
+		rows    int64
+		running int64
+	}
+	var first atomic.Pointer[seen]
+	h.progress = func(p pipeline.Progress) {
+		if first.Load() != nil || p.Completed == 0 || p.Running() == 0 {
+			return
+		}
+		db, err := sinks.OpenDuckDB(h.dbPath)
+		if err != nil {
+			return
+		}
+		defer db.Close()
+		var n int64
+		if err := db.QueryRow(`SELECT count(*) FROM results`).Scan(&n); err == nil && n > 0 {
+			first.Store(&seen{rows: n, running: p.Running()})
+		}
+	}
+	sum, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := first.Load()
+	if s == nil {
+		t.Fatal("no row was visible while runs were still running")
+	}
+	t.Logf("first seen: %d rows in the table while %d runs were running", s.rows, s.running)
+	if s.rows >= 300 || sum.Statuses["completed"] != 300 {
+		t.Errorf("saw %d rows early; summary %+v", s.rows, sum)
+	}
+}
+
+func TestRun_BadPlan(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 5, false)
+	_, err := h.run(ctx, func(o *pipeline.Options) {
+		o.Key = []string{"nope"}
+		o.Mapping = map[string]specs.MappingEntry{"name": {Column: "missing"}}
+	})
+	if !errors.Is(err, pipeline.ErrPlan) {
+		t.Fatalf("error %v is not ErrPlan", err)
+	}
+	for _, want := range []string{`key: source has no column "nope"`, `mapping.name: source has no column "missing"`} {
+		if !containsStr(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+func containsStr(s, sub string) bool {
+	return len(sub) == 0 || (len(s) >= len(sub) && (s[:len(sub)] == sub || containsStr(s[1:], sub)))
+}
+
+var _ = sql.ErrNoRows

@@ -1,0 +1,418 @@
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// Row statuses in the state store. The run statuses of the API that a row
+// ends in (completed, failed, cancelled) are recorded only after the row was
+// written to the sink, so a crash in between rewrites it, never loses it.
+const (
+	// stateSubmitting: the row is about to be added (or was added by a
+	// call whose reply was never recorded); reconcile adopts its run.
+	stateSubmitting = "submitting"
+	// stateSubmitted: the row's run id is known and its result not yet
+	// written.
+	stateSubmitted = "submitted"
+	// StatusInvalidInput is the status of a row whose mapped input breaks
+	// the task's input schema; it is written to the sink, never submitted.
+	StatusInvalidInput = "invalid_input"
+)
+
+// rowState is what the state store knows of one source row.
+type rowState struct {
+	Key string
+	// KeyValues is the JSON array of the key column values, so that a
+	// result row can carry the typed key without the source row.
+	KeyValues   string
+	Fingerprint string
+	SpecHash    string
+	GroupID     string
+	RunID       string
+	Status      string
+	// Pass is the pipeline pass that last read the key from the source;
+	// a key seen twice in one pass is a duplicate.
+	Pass int64
+}
+
+// stateStore is the local, durable memory of a pipeline: its task group per
+// target and, for every row key, the run that serves it. It lives in
+// target.state_dir as SQLite (WAL, synchronous=NORMAL: a committed
+// transaction survives kill -9 of the process).
+type stateStore struct {
+	db   *sql.DB
+	lock *os.File
+	path string
+}
+
+const stateSchema = `
+CREATE TABLE IF NOT EXISTS meta (
+	name  TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups (
+	target       TEXT PRIMARY KEY,
+	group_id     TEXT NOT NULL,
+	run_cursor   TEXT NOT NULL DEFAULT '',
+	event_cursor TEXT NOT NULL DEFAULT '',
+	created_at   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rows (
+	key         TEXT PRIMARY KEY,
+	key_values  TEXT NOT NULL DEFAULT '[]',
+	fingerprint TEXT NOT NULL,
+	spec_hash   TEXT NOT NULL,
+	group_id    TEXT NOT NULL DEFAULT '',
+	run_id      TEXT NOT NULL DEFAULT '',
+	status      TEXT NOT NULL,
+	pass        INTEGER NOT NULL DEFAULT 0,
+	updated_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rows_status ON rows (status);
+CREATE INDEX IF NOT EXISTS rows_run ON rows (run_id);
+`
+
+// ErrStateLocked is returned when another taskpipe process holds the state
+// directory.
+var ErrStateLocked = errors.New("state directory is in use by another taskpipe process")
+
+// openState opens (creating) the state store in dir and locks it against a
+// second concurrent pipeline process.
+func openState(ctx context.Context, dir string) (*stateStore, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "pipeline.db")
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open state %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, stateSchema); err != nil {
+		db.Close()
+		lock.Close()
+		return nil, fmt.Errorf("create state schema in %s: %w", path, err)
+	}
+	return &stateStore{db: db, lock: lock, path: path}, nil
+}
+
+// Close closes the store and releases the directory lock.
+func (s *stateStore) Close() error {
+	err := s.db.Close()
+	if lerr := s.lock.Close(); err == nil {
+		err = lerr
+	}
+	return err
+}
+
+// nextPass starts a new pipeline pass and returns its number.
+func (s *stateStore) nextPass(ctx context.Context) (int64, error) {
+	var pass int64
+	err := s.db.QueryRowContext(ctx, `
+		INSERT INTO meta (name, value) VALUES ('pass', '1')
+		ON CONFLICT (name) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+		RETURNING CAST(value AS INTEGER)`).Scan(&pass)
+	if err != nil {
+		return 0, fmt.Errorf("start pass: %w", err)
+	}
+	return pass, nil
+}
+
+// groupRecord is the task group of a target.
+type groupRecord struct {
+	GroupID     string
+	RunCursor   string
+	EventCursor string
+}
+
+// group returns the recorded group of target, or ok false.
+func (s *stateStore) group(ctx context.Context, target string) (g groupRecord, ok bool, err error) {
+	err = s.db.QueryRowContext(ctx,
+		`SELECT group_id, run_cursor, event_cursor FROM groups WHERE target = ?`, target,
+	).Scan(&g.GroupID, &g.RunCursor, &g.EventCursor)
+	if errors.Is(err, sql.ErrNoRows) {
+		return g, false, nil
+	}
+	if err != nil {
+		return g, false, fmt.Errorf("load group of %s: %w", target, err)
+	}
+	return g, true, nil
+}
+
+// setGroup records the group of target (before any run is added to it).
+func (s *stateStore) setGroup(ctx context.Context, target, groupID string) error {
+	_, err := s.db.ExecContext(ctx, `
+		INSERT INTO groups (target, group_id, created_at) VALUES (?, ?, ?)
+		ON CONFLICT (target) DO UPDATE SET group_id = excluded.group_id,
+			run_cursor = '', event_cursor = ''`,
+		target, groupID, now())
+	if err != nil {
+		return fmt.Errorf("record group %s: %w", groupID, err)
+	}
+	return nil
+}
+
+// setCursors records how far the group's runs (every run up to RunCursor
+// is settled) and events streams were followed.
+func (s *stateStore) setCursors(ctx context.Context, target, runCursor, eventCursor string) error {
+	_, err := s.db.ExecContext(ctx,
+		`UPDATE groups SET run_cursor = ?, event_cursor = ? WHERE target = ?`,
+		runCursor, eventCursor, target)
+	if err != nil {
+		return fmt.Errorf("record cursors: %w", err)
+	}
+	return nil
+}
+
+// rows returns the state of the given keys.
+func (s *stateStore) rows(ctx context.Context, keys []string) (map[string]rowState, error) {
+	out := make(map[string]rowState, len(keys))
+	for start := 0; start < len(keys); start += 500 {
+		part := keys[start:min(start+500, len(keys))]
+		args := make([]any, len(part))
+		for i, k := range part {
+			args[i] = k
+		}
+		rs, err := s.db.QueryContext(ctx, `
+			SELECT `+rowColumns+` FROM rows WHERE key IN (`+placeholders(len(part))+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("load row states: %w", err)
+		}
+		for rs.Next() {
+			r, err := scanRow(rs)
+			if err != nil {
+				rs.Close()
+				return nil, fmt.Errorf("load row states: %w", err)
+			}
+			out[r.Key] = r
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return nil, fmt.Errorf("load row states: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// putRows stores row states in one transaction.
+func (s *stateStore) putRows(ctx context.Context, rows []rowState) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store row states: %w", err)
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, `
+		INSERT INTO rows (key, key_values, fingerprint, spec_hash, group_id, run_id, status,
+			pass, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (key) DO UPDATE SET key_values = excluded.key_values,
+			fingerprint = excluded.fingerprint,
+			spec_hash = excluded.spec_hash, group_id = excluded.group_id,
+			run_id = excluded.run_id, status = excluded.status, pass = excluded.pass,
+			updated_at = excluded.updated_at`)
+	if err != nil {
+		return fmt.Errorf("store row states: %w", err)
+	}
+	defer st.Close()
+	at := now()
+	for _, r := range rows {
+		if _, err := st.ExecContext(ctx, r.Key, r.KeyValues, r.Fingerprint, r.SpecHash, r.GroupID, r.RunID,
+			r.Status, r.Pass, at); err != nil {
+			return fmt.Errorf("store row state %q: %w", r.Key, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store row states: %w", err)
+	}
+	return nil
+}
+
+// settle records the final status of rows whose results the sinks hold,
+// but only while the row is still served by that run (a newer run of the
+// same key is never overwritten by an older one). It returns how many of
+// the settled rows were read by pass.
+func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass int64) (int64, error) {
+	if len(runs) == 0 {
+		return 0, nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("settle rows: %w", err)
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, `UPDATE rows SET status = ?, updated_at = ?
+		WHERE run_id = ? AND status = ? RETURNING pass`)
+	if err != nil {
+		return 0, fmt.Errorf("settle rows: %w", err)
+	}
+	defer st.Close()
+	at := now()
+	var inPass int64
+	for runID, status := range runs {
+		var p int64
+		err := st.QueryRowContext(ctx, status, at, runID, stateSubmitted).Scan(&p)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("settle run %s: %w", runID, err)
+		}
+		if p == pass {
+			inPass++
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("settle rows: %w", err)
+	}
+	return inPass, nil
+}
+
+// byRunIDs returns the rows served by the given runs, keyed by run id.
+func (s *stateStore) byRunIDs(ctx context.Context, ids []string) (map[string]rowState, error) {
+	out := make(map[string]rowState, len(ids))
+	for start := 0; start < len(ids); start += 500 {
+		part := ids[start:min(start+500, len(ids))]
+		args := make([]any, len(part))
+		for i, id := range part {
+			args[i] = id
+		}
+		rs, err := s.db.QueryContext(ctx, `SELECT `+rowColumns+` FROM rows
+			WHERE run_id IN (`+placeholders(len(part))+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("load rows by run: %w", err)
+		}
+		for rs.Next() {
+			r, err := scanRow(rs)
+			if err != nil {
+				rs.Close()
+				return nil, fmt.Errorf("load rows by run: %w", err)
+			}
+			out[r.RunID] = r
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return nil, fmt.Errorf("load rows by run: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// deleteRows forgets rows (a submission that never reached the group).
+func (s *stateStore) deleteRows(ctx context.Context, keys []string) error {
+	for start := 0; start < len(keys); start += 500 {
+		part := keys[start:min(start+500, len(keys))]
+		args := make([]any, len(part))
+		for i, k := range part {
+			args[i] = k
+		}
+		if _, err := s.db.ExecContext(ctx,
+			`DELETE FROM rows WHERE key IN (`+placeholders(len(part))+`)`, args...); err != nil {
+			return fmt.Errorf("forget rows: %w", err)
+		}
+	}
+	return nil
+}
+
+// rowColumns are the columns scanRow reads, in order.
+const rowColumns = `key, key_values, fingerprint, spec_hash, group_id, run_id, status, pass`
+
+// scanRow reads one row of rowColumns.
+func scanRow(rs *sql.Rows) (rowState, error) {
+	var r rowState
+	err := rs.Scan(&r.Key, &r.KeyValues, &r.Fingerprint, &r.SpecHash, &r.GroupID, &r.RunID,
+		&r.Status, &r.Pass)
+	return r, err
+}
+
+// countByStatus counts the rows in each status, limited to rows read by
+// pass when pass > 0.
+func (s *stateStore) countByStatus(ctx context.Context, pass int64) (map[string]int64, error) {
+	q := `SELECT status, count(*) FROM rows`
+	var args []any
+	if pass > 0 {
+		q += ` WHERE pass = ?`
+		args = append(args, pass)
+	}
+	rs, err := s.db.QueryContext(ctx, q+` GROUP BY status`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count rows: %w", err)
+	}
+	defer rs.Close()
+	out := map[string]int64{}
+	for rs.Next() {
+		var st string
+		var n int64
+		if err := rs.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count rows: %w", err)
+		}
+		out[st] = n
+	}
+	return out, rs.Err()
+}
+
+// submitting returns the rows whose add-runs call was never confirmed.
+func (s *stateStore) submitting(ctx context.Context) (map[string]rowState, error) {
+	rs, err := s.db.QueryContext(ctx, `SELECT `+rowColumns+` FROM rows WHERE status = ?`,
+		stateSubmitting)
+	if err != nil {
+		return nil, fmt.Errorf("load submitting rows: %w", err)
+	}
+	defer rs.Close()
+	out := map[string]rowState{}
+	for rs.Next() {
+		r, err := scanRow(rs)
+		if err != nil {
+			return nil, fmt.Errorf("load submitting rows: %w", err)
+		}
+		out[r.Key] = r
+	}
+	return out, rs.Err()
+}
+
+// placeholders returns "?, ?, ..." with n marks.
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }
+
+// lost returns the rows of pass still waiting for a run of groupID.
+func (s *stateStore) lost(ctx context.Context, pass int64, groupID string) ([]rowState, error) {
+	rs, err := s.db.QueryContext(ctx, `SELECT `+rowColumns+` FROM rows
+		WHERE status = ? AND pass = ? AND group_id = ?`, stateSubmitted, pass, groupID)
+	if err != nil {
+		return nil, fmt.Errorf("load waiting rows: %w", err)
+	}
+	defer rs.Close()
+	var out []rowState
+	for rs.Next() {
+		r, err := scanRow(rs)
+		if err != nil {
+			return nil, fmt.Errorf("load waiting rows: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}

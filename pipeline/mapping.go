@@ -28,8 +28,8 @@ const (
 // mapper turns source rows into keys and task inputs, and checks inputs
 // against the task's input schema.
 type mapper struct {
-	keyIdx   []int
-	keyCols  []specs.Column
+	keyIdx  []int
+	keyCols []specs.Column
 	// fields are the input fields in name order; fieldIdx their source
 	// column (-1 for a constant, whose value is in consts).
 	fields   []string

@@ -115,13 +115,14 @@ func (e *Engine) submit(ctx context.Context, groupID string, inputs []api.TaskRu
 	owner := OwnerFrom(ctx)
 	runs := make([]store.Run, len(inputs))
 	specJSON := make(map[string]json.RawMessage)
+	seen := make(map[*api.TaskSpec]*specInfo)
 	for i := range inputs {
 		in := inputs[i]
 		name := field
 		if field == "inputs" {
 			name = fmt.Sprintf("inputs[%d]", i)
 		}
-		info, warnings, err := e.checkInput(name, &in, def)
+		info, warnings, err := e.checkInput(name, &in, def, seen)
 		if err != nil {
 			return store.AddResult{}, nil, err
 		}

@@ -170,10 +170,13 @@ func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
 	d.mu.Lock()
 	for i := range runs {
 		r := runs[i]
-		in, err := runInput(&r)
-		info := d.specOf(&r, in)
-		if err == nil && info.err != nil {
-			err = info.err
+		info := d.e.validator.stored(r.SpecHash, r.Spec)
+		var in api.TaskRunInput
+		err := info.err
+		if err == nil {
+			err = json.Unmarshal(r.Input, &in)
+			spec := info.spec
+			in.TaskSpec = &spec
 		}
 		j := &job{run: r, spec: info, started: now}
 		d.inflight[r.ID] = j
@@ -198,14 +201,6 @@ func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
 	if len(jobs) > 0 {
 		d.backend.Processor.Execute(ctx, jobs, reporter{d})
 	}
-}
-
-// specOf returns the checked spec of a claimed run.
-func (d *dispatcher) specOf(r *store.Run, in api.TaskRunInput) *specInfo {
-	if in.TaskSpec == nil {
-		return d.e.validator.spec(autoSpec)
-	}
-	return d.e.validator.spec(*in.TaskSpec)
 }
 
 // timeout fails a job that outlived its deadline.

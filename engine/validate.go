@@ -25,6 +25,7 @@ const (
 type specInfo struct {
 	hash     string
 	json     json.RawMessage
+	spec     api.TaskSpec
 	warnings []api.Warning
 	err      error
 	input    *specs.Schema // compiled input_schema, nil unless json
@@ -33,12 +34,13 @@ type specInfo struct {
 
 // validator caches specInfo by the spec's JSON text.
 type validator struct {
-	mu    sync.RWMutex
-	specs map[string]*specInfo
+	mu     sync.RWMutex
+	specs  map[string]*specInfo // by JSON text
+	hashes map[string]*specInfo // by spec hash
 }
 
 func newValidator() *validator {
-	return &validator{specs: make(map[string]*specInfo)}
+	return &validator{specs: make(map[string]*specInfo), hashes: make(map[string]*specInfo)}
 }
 
 // autoSpec is the spec of a run submitted without one.
@@ -59,7 +61,7 @@ func (v *validator) spec(ts api.TaskSpec) *specInfo {
 		return info
 	}
 
-	info = &specInfo{hash: specs.SpecHash(ts), json: raw}
+	info = &specInfo{hash: specs.SpecHash(ts), json: raw, spec: ts}
 	info.warnings, info.err = specs.ValidateTaskSpec(ts)
 	if info.err == nil && ts.InputSchema != nil && ts.InputSchema.Type == api.SchemaJSON {
 		info.input, info.err = specs.CompileSchema(ts.InputSchema.JSONSchema)
@@ -69,17 +71,40 @@ func (v *validator) spec(ts api.TaskSpec) *specInfo {
 	}
 	v.mu.Lock()
 	if len(v.specs) > 10000 {
-		v.specs = make(map[string]*specInfo) // bound the cache
+		// Bound the cache.
+		v.specs = make(map[string]*specInfo)
+		v.hashes = make(map[string]*specInfo)
 	}
 	v.specs[key] = info
+	v.hashes[info.hash] = info
 	v.mu.Unlock()
 	return info
+}
+
+// stored returns the checked spec of a stored run from its hash, decoding
+// the stored JSON only the first time.
+func (v *validator) stored(hash string, raw json.RawMessage) *specInfo {
+	v.mu.RLock()
+	info, ok := v.hashes[hash]
+	v.mu.RUnlock()
+	if ok {
+		return info
+	}
+	if len(raw) == 0 {
+		return v.spec(autoSpec)
+	}
+	var ts api.TaskSpec
+	if err := json.Unmarshal(raw, &ts); err != nil {
+		return &specInfo{hash: hash, err: fmt.Errorf("decode stored task spec %s: %w", hash, err)}
+	}
+	return v.spec(ts)
 }
 
 // checkInput validates one submitted run. field is its path in the request
 // ("inputs[3]" or "" for a single run). It returns the resolved spec and
 // the run's warnings, or an *api.Error naming the field at fault.
-func (e *Engine) checkInput(field string, in *api.TaskRunInput, def *api.TaskSpec) (*specInfo, []api.Warning, error) {
+func (e *Engine) checkInput(field string, in *api.TaskRunInput, def *api.TaskSpec,
+	seen map[*api.TaskSpec]*specInfo) (*specInfo, []api.Warning, error) {
 	at := func(name string) string {
 		if field == "" {
 			return name
@@ -121,7 +146,11 @@ func (e *Engine) checkInput(field string, in *api.TaskRunInput, def *api.TaskSpe
 	if spec == nil {
 		spec, specField = &autoSpec, at("task_spec")
 	}
-	info := e.validator.spec(*spec)
+	info, ok := seen[spec]
+	if !ok {
+		info = e.validator.spec(*spec)
+		seen[spec] = info
+	}
 	if info.err != nil {
 		return nil, nil, api.Errorf(api.ErrInvalid, "%s: %v", specField, info.err)
 	}

@@ -3,6 +3,7 @@ package processors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -139,10 +140,15 @@ type closingProcessor struct{ closed *atomic.Int32 }
 func (closingProcessor) Execute(context.Context, []engine.Job, engine.Reporter) {}
 func (p closingProcessor) Close() error                                         { p.closed.Add(1); return nil }
 
+// registrations numbers the kinds tests register, as a kind can be
+// registered once per process.
+var registrations atomic.Int32
+
 func TestRegister_CustomKindAndCloseOnError(t *testing.T) {
 	t.Parallel()
 	var closed atomic.Int32
-	Register("test-closing", func(options yaml.Node, _ *slog.Logger) (engine.Processor, error) {
+	kind := fmt.Sprintf("test-closing-%d", registrations.Add(1))
+	Register(kind, func(options yaml.Node, _ *slog.Logger) (engine.Processor, error) {
 		var o struct {
 			Fail bool `yaml:"fail"`
 		}
@@ -159,11 +165,11 @@ func TestRegister_CustomKindAndCloseOnError(t *testing.T) {
 			t.Error("registering a kind twice did not panic")
 		}
 	}()
-	_, err := Parse([]byte(`version: 1
+	_, err := Parse([]byte(fmt.Sprintf(`version: 1
 processors:
-  a: {kind: test-closing}
-  b: {kind: test-closing, options: {fail: true}}
-`), nil)
+  a: {kind: %s}
+  b: {kind: %[1]s, options: {fail: true}}
+`, kind)), nil)
 	for _, w := range []string{"processors.b.options.fail: asked to fail", "processors.b.options.other: too"} {
 		if err == nil || !strings.Contains(err.Error(), w) {
 			t.Errorf("error %v, want it to contain %q", err, w)
@@ -172,5 +178,5 @@ processors:
 	if closed.Load() != 1 {
 		t.Errorf("built processor closed %d times, want 1", closed.Load())
 	}
-	Register("test-closing", nil)
+	Register(kind, nil)
 }

@@ -292,8 +292,11 @@ func (e *Exec) send(p *execPending) bool {
 			if errors.Is(err, errExecClosed) {
 				return false
 			}
+			// The run fails as transient; the next one tries again after
+			// backoff.
 			e.log.Warn("start exec program", "error", err)
-			continue
+			p.complete(engine.Outcome{Err: engine.Transient(err, 0)})
+			return true
 		}
 		if c.register(p) {
 			c.write(p)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -253,5 +254,26 @@ processors:
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v, want %q", err, want)
 		}
+	}
+}
+
+func TestExec_StartFailureIsTransientAndRetried(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e := newTestExec(t, ExecOptions{Command: []string{"./enrich.sh"}, Dir: dir,
+		RestartBackoff: time.Millisecond}, nil)
+	o := runOne(t, e, jsonJob("missing", "{}", "{}"))
+	if ok, _ := engine.IsTransient(o.Err); !ok || !strings.Contains(o.Err.Error(), "start exec program") {
+		t.Fatalf("outcome %v, want a transient start error", o.Err)
+	}
+	good, err := os.ReadFile(testdataProgram(t, "exec-good.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "enrich.sh"), good, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if o := runOne(t, e, jsonJob("present", `{"name":"Acme"}`, "{}")); o.Err != nil {
+		t.Errorf("run once the program exists: %v", o.Err)
 	}
 }

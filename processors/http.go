@@ -78,7 +78,10 @@ type HTTP struct {
 	log    *slog.Logger
 }
 
-var _ engine.Processor = (*HTTP)(nil)
+var (
+	_ engine.Processor = (*HTTP)(nil)
+	_ engine.Closer    = (*HTTP)(nil)
+)
 
 // maxBackoff caps the wait between retries of the http and openai kinds.
 const maxBackoff = 30 * time.Second

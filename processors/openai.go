@@ -195,7 +195,7 @@ func (o *OpenAI) run(ctx context.Context, j engine.Job) engine.Outcome {
 	system, user := llmPrompt(t, j.Input.Input, j.Input.SourcePolicy)
 
 	// Wait for the rate limits and any pause a 429 asked for.
-	estimate := (len(system)+len(user)+len(mustJSON(t.response)))/4 + int(o.opts.MaxOutputTokens)
+	estimate := (len(system)+len(user)+t.responseChars)/4 + int(o.opts.MaxOutputTokens)
 	if err := o.admit(ctx, estimate); err != nil {
 		return engine.Outcome{Err: engine.Transient(fmt.Errorf("wait for rate limit: %w", err), 0)}
 	}

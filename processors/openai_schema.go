@@ -26,6 +26,9 @@ type llmTask struct {
 	describe string
 	// outputSchema is reported with auto-mode outputs.
 	outputSchema json.RawMessage
+	// responseChars is the length of the response schema as JSON, for
+	// token estimates.
+	responseChars int
 }
 
 // autoOutputSchema is what the openai kind answers in auto mode.
@@ -116,6 +119,7 @@ func newLLMTask(schema api.Schema, strict bool) (*llmTask, error) {
 		delete(output, "$defs")
 		t.response["$defs"] = defs
 	}
+	t.responseChars = len(mustJSON(t.response))
 	return t, nil
 }
 

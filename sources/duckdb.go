@@ -14,10 +14,12 @@ type DuckDBOptions struct {
 	// the query in an empty in-memory database, where it may read files
 	// with read_parquet, read_csv or read_json.
 	Database string
-	// Query is one SELECT (or any statement returning rows). Relative file
-	// paths inside it resolve against the process's working directory;
-	// the pipeline runs it from the pipeline file's directory.
+	// Query is one SELECT (or any statement returning rows).
 	Query string
+	// BaseDir, when set, is where relative file paths inside the query
+	// (read_parquet('companies.parquet')) are looked up, through DuckDB's
+	// file_search_path; the pipeline passes the pipeline file's folder.
+	BaseDir string
 }
 
 // DuckDB reads the rows a SQL query returns.
@@ -49,6 +51,12 @@ func NewDuckDB(opts DuckDBOptions) (*DuckDB, error) {
 	r, err := openQueryReader(opts.Database, q, what)
 	if err != nil {
 		return nil, err
+	}
+	if opts.BaseDir != "" {
+		if _, err := r.db.Exec("SET file_search_path = " + quoteString(opts.BaseDir)); err != nil {
+			r.Close()
+			return nil, fmt.Errorf("duckdb source: base dir %q: %w", opts.BaseDir, err)
+		}
 	}
 	return &DuckDB{queryReader: r}, nil
 }

@@ -45,5 +45,5 @@ func (p *Parquet) Files() []string { return p.files }
 
 // Count returns the number of rows, read from the files' footers.
 func (p *Parquet) Count(ctx context.Context) (int64, error) {
-	return p.queryReader.Count(ctx)
+	return p.queryReader.count(ctx)
 }

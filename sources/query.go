@@ -103,9 +103,10 @@ func (q *queryReader) Columns(ctx context.Context) ([]pipeline.Column, error) {
 	return cols, nil
 }
 
-// Count counts the query's rows. For Parquet files DuckDB answers from the
-// footers; for CSV and arbitrary queries it scans.
-func (q *queryReader) Count(ctx context.Context) (int64, error) {
+// count counts the query's rows. For Parquet files DuckDB answers from the
+// footers; for CSV and arbitrary queries it scans, so only the Parquet kind
+// offers it as pipeline.Counter.
+func (q *queryReader) count(ctx context.Context) (int64, error) {
 	var n int64
 	if err := q.db.QueryRowContext(ctx, "SELECT count(*) FROM ("+q.query+")").Scan(&n); err != nil {
 		return 0, fmt.Errorf("count %s: %w", q.what, err)

@@ -154,3 +154,22 @@ func TestParquet_GlobReadsFilesInOrder(t *testing.T) {
 		t.Errorf("count = %d, %v; want 2", n, err)
 	}
 }
+
+func TestDuckDB_BaseDirResolvesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	sourcetest.WriteParquet(t, dir, "SELECT 42::BIGINT AS answer")
+	src, err := sources.NewDuckDB(sources.DuckDBOptions{
+		Query: "SELECT answer FROM read_parquet('data.parquet')", BaseDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var got []any
+	err = src.Read(context.Background(), 10, func(b pipeline.Batch) error {
+		got = append(got, b.Rows[0][0])
+		return nil
+	})
+	if err != nil || !reflect.DeepEqual(got, []any{int64(42)}) {
+		t.Errorf("read = %v, %v; want [42]", got, err)
+	}
+}

@@ -187,6 +187,11 @@ type Store interface {
 	// GroupID get consecutive sequence numbers in input order and one
 	// group status event is appended. Specs maps SpecHash to spec JSON for
 	// the specs not stored yet (storing one twice is harmless).
+	//
+	// A run given with Status running and a LeaseOwner is stored already
+	// claimed (Attempt 1, leased until LeaseUntil), as if ClaimRuns had
+	// returned it: the engine claims runs for free processor slots at
+	// insert time instead of paying for a second write.
 	AddRuns(ctx context.Context, groupID string, runs []Run, specs map[string]json.RawMessage) (AddResult, error)
 	// GetRun returns a run with its spec, or ErrNotFound.
 	GetRun(ctx context.Context, id string) (Run, error)

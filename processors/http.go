@@ -240,7 +240,9 @@ func (h *HTTP) post(ctx context.Context, batch []engine.Job) ([]httpReply, error
 
 // postOnce makes one request. It returns the replies, or an error (transient
 // for what a retry may cure) and the wait the server asked for.
-func (h *HTTP) postOnce(ctx context.Context, body []byte, n int) ([]httpReply, time.Duration, error) {
+func (h *HTTP) postOnce(
+	ctx context.Context, body []byte, n int,
+) ([]httpReply, time.Duration, error) {
 	rctx, cancel := context.WithTimeout(ctx, h.opts.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodPost, h.opts.URL, bytes.NewReader(body))
@@ -320,7 +322,9 @@ func replyOutcome(j engine.Job, rep httpReply, source string) engine.Outcome {
 // makeOutput wraps content returned by a service into an output of the
 // kind the task spec asks for, with a plain basis entry per top-level field
 // and per top-level list element that carries reasoning and no confidence.
-func makeOutput(spec *api.TaskSpec, content json.RawMessage, reasoning string) (*api.Output, error) {
+func makeOutput(
+	spec *api.TaskSpec, content json.RawMessage, reasoning string,
+) (*api.Output, error) {
 	plain := func(field string) api.FieldBasis {
 		return api.FieldBasis{Field: field, Citations: []api.Citation{}, Reasoning: reasoning}
 	}

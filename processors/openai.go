@@ -84,7 +84,8 @@ func NewOpenAI(opts OpenAIOptions, log *slog.Logger) (*OpenAI, error) {
 	case opts.BaseURL == "":
 		errs = append(errs, errors.New("base_url: must be set"))
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		errs = append(errs, fmt.Errorf("base_url: must be an absolute http or https URL, not %q", opts.BaseURL))
+		errs = append(errs, fmt.Errorf(
+			"base_url: must be an absolute http or https URL, not %q", opts.BaseURL))
 	}
 	if opts.Model == "" {
 		errs = append(errs, errors.New("model: must be set"))
@@ -93,7 +94,8 @@ func NewOpenAI(opts OpenAIOptions, log *slog.Logger) (*OpenAI, error) {
 	if opts.APIKeyEnv != "" {
 		v, ok := os.LookupEnv(opts.APIKeyEnv)
 		if !ok || v == "" {
-			errs = append(errs, fmt.Errorf("api_key_env: environment variable %s is not set", opts.APIKeyEnv))
+			errs = append(errs, fmt.Errorf(
+				"api_key_env: environment variable %s is not set", opts.APIKeyEnv))
 		}
 		apiKey = v
 	}

@@ -76,7 +76,8 @@ func newLLMTask(schema api.Schema, strict bool) (*llmTask, error) {
 	if t.kind == api.OutputJSON {
 		t.describe = describeFields(doc)
 	} else {
-		t.describe = "- output (string, markdown): " + doc["properties"].(map[string]any)["output"].(map[string]any)["description"].(string)
+		desc, _ := props["output"].(map[string]any)["description"].(string)
+		t.describe = "- output (string, markdown): " + desc
 	}
 
 	// The response wraps the output and asks for a basis entry per field.

@@ -1,15 +1,72 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
+	"os"
+	"time"
+
+	"github.com/taskpipe/taskpipe/bench"
+	"github.com/taskpipe/taskpipe/engine"
+	"github.com/taskpipe/taskpipe/processors"
 )
 
-// benchCmd is the `taskpipe bench` command.
-type benchCmd struct{}
+// benchCmd is `taskpipe bench`: the measurements behind docs/benchmarks.md.
+type benchCmd struct {
+	Group benchGroupCmd `cmd:"" help:"One task group through the engine: add, complete, read every output back."`
+}
 
-// Run executes the command.
-func (c *benchCmd) Run(cli *CLI, log *slog.Logger) error {
-	// TODO(cli): replaced by the real command in this change series.
-	return errors.New("bench: not built yet")
+// benchGroupCmd measures one group of synthetic runs.
+type benchGroupCmd struct {
+	Runs        int           `help:"Runs in the group." default:"100000"`
+	Chunk       int           `help:"Runs per add-runs call (at most 1000)." default:"1000"`
+	Latency     time.Duration `help:"Simulated latency of each run (fixed); 0 completes at once." default:"0s"`
+	Concurrency int           `help:"Processor concurrency limit." default:"20000"`
+	HTTP        bool          `help:"Serve the engine on 127.0.0.1 and drive it through the HTTP client."`
+	Dir         string        `help:"Folder for the engine's database (default: a temporary folder, removed after)." type:"path"`
+	JSON        bool          `help:"Print the result as JSON."`
+}
+
+// Run executes the measurement and prints its result.
+func (c *benchGroupCmd) Run(cli *CLI, log *slog.Logger) error {
+	ctx := context.Background()
+	dir := c.Dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "taskpipe-bench-")
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	synthetic, err := processors.NewSynthetic(processors.SyntheticOptions{
+		Latency: processors.LatencyOptions{Distribution: processors.LatencyFixed, Mean: c.Latency},
+	})
+	if err != nil {
+		return withExitCode(exitUsage, fmt.Errorf("bench: %w", err))
+	}
+	backends := map[string]engine.Backend{"synthetic": {Processor: synthetic, Concurrency: c.Concurrency}}
+	local, err := bench.StartLocal(ctx, dir, backends, c.HTTP)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer local.Stop(ctx)
+
+	res, err := bench.Group(ctx, local.Groups, bench.GroupOptions{Runs: c.Runs, Chunk: c.Chunk, Processor: "synthetic"})
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	if c.JSON {
+		streamRuns, streamMB := res.StreamRate()
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"runs": res.Runs, "completed": res.Completed, "http": c.HTTP,
+			"added_s": res.Added.Seconds(), "done_s": res.Done.Seconds(), "streamed_s": res.Streamed.Seconds(),
+			"runs_per_s": res.RunsPerSecond(), "runs_stream_runs_per_s": streamRuns,
+			"runs_stream_mb_per_s": streamMB, "peak_rss_mb": float64(res.PeakRSS) / (1 << 20),
+		})
+	}
+	fmt.Println(res)
+	return nil
 }

@@ -69,19 +69,45 @@ type ErrorEvent struct {
 }
 
 // EventType implements Event.
-func (e *TaskRunEvent) EventType() string { return EventRunState }
+func (e *TaskRunEvent) EventType() string { return typeOr(e.Type, EventRunState) }
 
 // EventType implements Event.
-func (e *TaskGroupStatusEvent) EventType() string { return EventGroupStatus }
+func (e *TaskGroupStatusEvent) EventType() string { return typeOr(e.Type, EventGroupStatus) }
 
 // EventType implements Event.
 func (e *ProgressMessageEvent) EventType() string { return e.Type }
 
 // EventType implements Event.
-func (e *ProgressStatsEvent) EventType() string { return EventProgressStats }
+func (e *ProgressStatsEvent) EventType() string { return typeOr(e.Type, EventProgressStats) }
 
 // EventType implements Event.
-func (e *ErrorEvent) EventType() string { return EventError }
+func (e *ErrorEvent) EventType() string { return typeOr(e.Type, EventError) }
+
+// typeOr returns the payload's own type, or def when it was left empty.
+func typeOr(typ, def string) string {
+	if typ == "" {
+		return def
+	}
+	return typ
+}
+
+// newEvent returns an empty event of the given type, or nil for a type
+// without a concrete event.
+func newEvent(typ string) Event {
+	switch {
+	case typ == EventRunState:
+		return &TaskRunEvent{}
+	case typ == EventGroupStatus:
+		return &TaskGroupStatusEvent{}
+	case typ == EventProgressStats:
+		return &ProgressStatsEvent{}
+	case typ == EventError:
+		return &ErrorEvent{}
+	case len(typ) > len(EventProgressPrefix) && typ[:len(EventProgressPrefix)] == EventProgressPrefix:
+		return &ProgressMessageEvent{}
+	}
+	return nil
+}
 
 // DecodeEvent decodes one SSE data payload into its concrete event type.
 func DecodeEvent(data []byte) (Event, error) {
@@ -91,20 +117,8 @@ func DecodeEvent(data []byte) (Event, error) {
 	if err := json.Unmarshal(data, &head); err != nil {
 		return nil, fmt.Errorf("decode event: %w", err)
 	}
-	var ev Event
-	switch {
-	case head.Type == EventRunState:
-		ev = &TaskRunEvent{}
-	case head.Type == EventGroupStatus:
-		ev = &TaskGroupStatusEvent{}
-	case head.Type == EventProgressStats:
-		ev = &ProgressStatsEvent{}
-	case head.Type == EventError:
-		ev = &ErrorEvent{}
-	case len(head.Type) > len(EventProgressPrefix) &&
-		head.Type[:len(EventProgressPrefix)] == EventProgressPrefix:
-		ev = &ProgressMessageEvent{}
-	default:
+	ev := newEvent(head.Type)
+	if ev == nil {
 		return nil, fmt.Errorf("decode event: unknown type %q", head.Type)
 	}
 	if err := json.Unmarshal(data, ev); err != nil {

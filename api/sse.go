@@ -47,7 +47,7 @@ func ReadEvents(r io.Reader, fn func(Event) error) error {
 		if strings.TrimSpace(msg.Data) == "" {
 			continue
 		}
-		ev, err := decodeKnownEvent([]byte(msg.Data))
+		ev, err := decodeKnownEvent(msg.Type, []byte(msg.Data))
 		if err != nil {
 			return &StreamError{Err: err}
 		}
@@ -62,8 +62,15 @@ func ReadEvents(r io.Reader, fn func(Event) error) error {
 }
 
 // decodeKnownEvent decodes one message payload. It returns a nil event
-// without error for a well-formed payload of an unknown type.
-func decodeKnownEvent(data []byte) (Event, error) {
+// without error for a well-formed payload of an unknown type. The SSE event
+// name, which taskpipe and Parallel set to the payload's type, lets the
+// payload be decoded in one pass; the type inside the payload still decides.
+func decodeKnownEvent(name string, data []byte) (Event, error) {
+	if ev := newEvent(name); ev != nil {
+		if err := json.Unmarshal(data, ev); err == nil && ev.EventType() == name {
+			return ev, nil
+		}
+	}
 	var head struct {
 		Type string `json:"type"`
 	}

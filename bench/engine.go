@@ -50,11 +50,20 @@ func (r GroupResult) RunsPerSecond() float64 {
 	return float64(r.Runs) / r.Streamed.Seconds()
 }
 
+// StreamRate is the runs stream's throughput: outputs read per second
+// while reading the finished group back.
+func (r GroupResult) StreamRate() (runsPerSec, mbPerSec float64) {
+	d := (r.Streamed - r.Done).Seconds()
+	return float64(r.Runs) / d, float64(r.StreamedBytes) / (1 << 20) / d
+}
+
 // String formats the result for a terminal.
 func (r GroupResult) String() string {
-	return fmt.Sprintf("runs=%d completed=%d added=%s done=%s streamed=%s rate=%.0f runs/s peak_rss=%.0f MB",
+	sr, smb := r.StreamRate()
+	return fmt.Sprintf("runs=%d completed=%d added=%s done=%s streamed=%s rate=%.0f runs/s "+
+		"runs_stream=%.0f runs/s (%.1f MB/s of outputs) peak_rss=%.0f MB",
 		r.Runs, r.Completed, r.Added.Round(time.Millisecond), r.Done.Round(time.Millisecond),
-		r.Streamed.Round(time.Millisecond), r.RunsPerSecond(), float64(r.PeakRSS)/(1<<20))
+		r.Streamed.Round(time.Millisecond), r.RunsPerSecond(), sr, smb, float64(r.PeakRSS)/(1<<20))
 }
 
 // benchSpec is the output schema of benchmark runs: a few typed fields.

@@ -2,57 +2,55 @@ package bench_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/taskpipe/taskpipe/bench"
 	"github.com/taskpipe/taskpipe/engine"
 	"github.com/taskpipe/taskpipe/processors"
-	"github.com/taskpipe/taskpipe/store/sqlite"
 )
 
-// startEngine runs an engine on a fresh SQLite file with the given
-// processors and stops it when the test ends.
-func startEngine(tb testing.TB, backends map[string]engine.Backend) *engine.Engine {
+// startLocal runs an engine (over HTTP when asked) for one test.
+func startLocal(tb testing.TB, backends map[string]engine.Backend, overHTTP bool) *bench.Local {
 	tb.Helper()
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(tb.TempDir(), "bench.db"))
+	l, err := bench.StartLocal(context.Background(), tb.TempDir(), backends, overHTTP)
 	if err != nil {
-		tb.Fatalf("open store: %v", err)
+		tb.Fatal(err)
 	}
-	eng, err := engine.New(engine.Options{Store: st, Backends: backends, Node: "bench"})
-	if err != nil {
-		tb.Fatalf("new engine: %v", err)
-	}
-	if err := eng.Start(ctx); err != nil {
-		tb.Fatalf("start engine: %v", err)
-	}
-	tb.Cleanup(func() {
-		_ = eng.Stop(ctx)
-		_ = st.Close()
-	})
-	return eng
+	tb.Cleanup(func() { _ = l.Stop(context.Background()) })
+	return l
 }
 
 func TestGroup_CountsEveryRun(t *testing.T) {
-	eng := startEngine(t, processors.Default(nil))
-	res, err := bench.Group(context.Background(), eng, bench.GroupOptions{Runs: 2500, Chunk: 1000, Processor: "synthetic"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Completed != 2500 || res.StreamedBytes == 0 {
-		t.Fatalf("result = %+v, want 2500 completed with outputs", res)
+	for _, overHTTP := range []bool{false, true} {
+		l := startLocal(t, processors.Default(nil), overHTTP)
+		res, err := bench.Group(context.Background(), l.Groups, bench.GroupOptions{Runs: 2500, Chunk: 1000, Processor: "synthetic"})
+		if err != nil {
+			t.Fatalf("over HTTP %v: %v", overHTTP, err)
+		}
+		if res.Completed != 2500 || res.StreamedBytes == 0 {
+			t.Fatalf("over HTTP %v: result = %+v, want 2500 completed with outputs", overHTTP, res)
+		}
 	}
 }
 
 // BenchmarkGroup100k is the engine-overhead target: 100,000 runs of the
 // synthetic processor at zero latency, from the first add to the last
-// output read over the runs stream.
+// output read over the runs stream, in-process.
 func BenchmarkGroup100k(b *testing.B) {
-	eng := startEngine(b, processors.Default(nil))
+	benchGroup(b, false)
+}
+
+// BenchmarkGroup100kHTTP is the same through the HTTP server and client on
+// loopback.
+func BenchmarkGroup100kHTTP(b *testing.B) {
+	benchGroup(b, true)
+}
+
+func benchGroup(b *testing.B, overHTTP bool) {
+	l := startLocal(b, processors.Default(nil), overHTTP)
 	for b.Loop() {
-		res, err := bench.Group(context.Background(), eng, bench.GroupOptions{Runs: 100000, Chunk: 1000, Processor: "synthetic"})
+		res, err := bench.Group(context.Background(), l.Groups, bench.GroupOptions{Runs: 100000, Chunk: 1000, Processor: "synthetic"})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -70,9 +68,9 @@ func BenchmarkSlowRuns10k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng := startEngine(b, map[string]engine.Backend{"slow": {Processor: slow, Concurrency: 10000}})
+	l := startLocal(b, map[string]engine.Backend{"slow": {Processor: slow, Concurrency: 10000}}, false)
 	for b.Loop() {
-		res, err := bench.Group(context.Background(), eng, bench.GroupOptions{Runs: 10000, Chunk: 1000, Processor: "slow"})
+		res, err := bench.Group(context.Background(), l.Groups, bench.GroupOptions{Runs: 10000, Chunk: 1000, Processor: "slow"})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -48,6 +48,7 @@ type CLI struct {
 	Run    runCmd    `cmd:"" help:"Run a pipeline: rows in, typed result table out."`
 	Status statusCmd `cmd:"" help:"Show a task group's status summary."`
 	Wait   waitCmd   `cmd:"" help:"Wait until a task group is no longer active (for schedulers)."`
+	SQL    sqlCmd    `cmd:"" name:"sql" help:"Query a DuckDB result database and print the rows."`
 	Bench  benchCmd  `cmd:"" help:"Measure engine and pipeline throughput."`
 }
 

@@ -93,6 +93,21 @@ func OpenDuckDB(path string) (*sql.DB, error) {
 	return sql.OpenDB(connector), nil
 }
 
+// OpenDuckDBReadOnly opens a DuckDB database file read-only with extension
+// auto-install and auto-load turned off, for queries over result tables.
+func OpenDuckDBReadOnly(path string) (*sql.DB, error) {
+	settings := url.Values{
+		"access_mode":                  {"READ_ONLY"},
+		"autoinstall_known_extensions": {"false"},
+		"autoload_known_extensions":    {"false"},
+	}
+	connector, err := duckdb.NewConnector(path+"?"+settings.Encode(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open duckdb %q: %w", path, err)
+	}
+	return sql.OpenDB(connector), nil
+}
+
 // DB returns the database the sink writes, for readers in the same
 // process.
 func (s *DuckDB) DB() *sql.DB { return s.db }

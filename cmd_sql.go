@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/taskpipe/taskpipe/sinks"
+)
+
+// sqlCmd is `taskpipe sql`: a query against a DuckDB database, for looking
+// at result tables where no DuckDB shell is installed.
+type sqlCmd struct {
+	Database string `arg:"" help:"DuckDB database file (opened read-only)." type:"existingfile"`
+	Query    string `arg:"" help:"SQL to run, e.g. \"SELECT * FROM company_research LIMIT 5\"."`
+	JSON     bool   `help:"Print one JSON object per row instead of a table."`
+}
+
+// Run executes the query and prints its rows.
+func (c *sqlCmd) Run(cli *CLI, log *slog.Logger) error {
+	ctx := context.Background()
+	db, err := sinks.OpenDuckDBReadOnly(c.Database)
+	if err != nil {
+		return withExitCode(exitUsage, fmt.Errorf("sql: %w", err))
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, c.Query)
+	if err != nil {
+		return withExitCode(exitUsage, fmt.Errorf("sql: %w", err))
+	}
+	defer rows.Close()
+	if c.JSON {
+		return printJSONRows(os.Stdout, rows)
+	}
+	return printTable(os.Stdout, rows)
+}
+
+// printTable writes rows as aligned columns under a header.
+func printTable(w io.Writer, rows *sql.Rows) error {
+	cols, err := rows.Columns()
+	if err != nil {
+		return fmt.Errorf("sql: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(cols, "\t"))
+	n := 0
+	err = scanRows(rows, len(cols), func(vals []any) {
+		cells := make([]string, len(vals))
+		for i, v := range vals {
+			cells[i] = cell(v)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+		n++
+	})
+	if err != nil {
+		return err
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "(%d rows)\n", n)
+	return nil
+}
+
+// printJSONRows writes one JSON object per row.
+func printJSONRows(w io.Writer, rows *sql.Rows) error {
+	cols, err := rows.Columns()
+	if err != nil {
+		return fmt.Errorf("sql: %w", err)
+	}
+	enc := json.NewEncoder(w)
+	var encErr error
+	err = scanRows(rows, len(cols), func(vals []any) {
+		obj := make(map[string]any, len(cols))
+		for i, c := range cols {
+			obj[c] = vals[i]
+		}
+		if encErr == nil {
+			encErr = enc.Encode(obj)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return encErr
+}
+
+func scanRows(rows *sql.Rows, n int, fn func([]any)) error {
+	for rows.Next() {
+		vals := make([]any, n)
+		ptrs := make([]any, n)
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return fmt.Errorf("sql: read row: %w", err)
+		}
+		fn(vals)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("sql: %w", err)
+	}
+	return nil
+}
+
+// cell renders one value on one line: NULL, scalars as text, lists and
+// structs as JSON, long text cut.
+func cell(v any) string {
+	var s string
+	switch x := v.(type) {
+	case nil:
+		return "NULL"
+	case []byte:
+		s = string(x)
+	case string:
+		s = x
+	case []any, map[string]any:
+		b, err := json.Marshal(x)
+		if err != nil {
+			s = fmt.Sprint(x)
+		} else {
+			s = string(b)
+		}
+	default:
+		s = fmt.Sprint(x)
+	}
+	s = strings.ReplaceAll(s, "\n", " ")
+	if r := []rune(s); len(r) > 60 {
+		s = string(r[:57]) + "..."
+	}
+	return s
+}

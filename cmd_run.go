@@ -81,7 +81,15 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 			return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
 		}
 	}
+	// Hold the state dir before an embedded engine starts on it: an engine
+	// recovers runs it finds running, which must never be another live
+	// pipeline's.
 	stateDir := spec.Resolve(spec.Target.StateDir)
+	lock, err := pipeline.LockState(stateDir)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	defer lock.Unlock()
 	target, err := pipeline.OpenTarget(ctx, spec.Target, pipeline.TargetOptions{
 		StateDir: stateDir, Backends: backends, URL: c.URL, APIKey: c.APIKey, Logger: log})
 	if err != nil {
@@ -94,7 +102,7 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		Name: pipelineName(spec), Source: src, Sinks: sinkList, Key: spec.Key,
 		Mapping: spec.Mapping, TaskSpec: spec.TaskSpec, Processor: spec.Task.Processor,
 		Metadata: api.Metadata(spec.Task.Metadata), Groups: target.Groups, Target: target.ID,
-		StateDir: stateDir, Limit: c.Limit, RetryFailed: c.RetryFailed, NoWait: c.NoWait,
+		StateDir: stateDir, StateLock: lock, Limit: c.Limit, RetryFailed: c.RetryFailed, NoWait: c.NoWait,
 		AddsPerMinute: float64(spec.Target.AddsPerMinute), Logger: log,
 		Progress: c.progress(log), ProgressEvery: c.progressEvery(),
 	})

@@ -26,11 +26,15 @@ type groupTarget struct {
 	Processors string `help:"Processor config file (YAML) of the embedded engine." env:"TASKPIPE_PROCESSORS" type:"path"`
 }
 
-// open opens the group's target. An embedded engine is started, so that
-// runs left queued by `taskpipe run --no-wait` execute while wait waits.
-func (g *groupTarget) open(ctx context.Context, log *slog.Logger) (*pipeline.Target, error) {
+// open opens the group's target. With execute, an embedded engine is
+// started, so that runs left queued by `taskpipe run --no-wait` execute
+// while wait waits, unless another process (a running pipeline) holds the
+// state directory: then, as for status, the engine only observes.
+func (g *groupTarget) open(ctx context.Context, log *slog.Logger, execute bool) (*pipeline.Target, func(), error) {
 	t := specs.Target{Engine: specs.EngineEmbedded}
-	o := pipeline.TargetOptions{StateDir: g.StateDir, URL: g.URL, APIKey: g.APIKey, Logger: log}
+	o := pipeline.TargetOptions{StateDir: g.StateDir, URL: g.URL, APIKey: g.APIKey, Logger: log,
+		Observe: !execute}
+	release := func() {}
 	if g.URL != "" {
 		t.Engine = specs.EngineServer
 		if o.APIKey == "" {
@@ -38,7 +42,7 @@ func (g *groupTarget) open(ctx context.Context, log *slog.Logger) (*pipeline.Tar
 		}
 	} else {
 		if _, err := os.Stat(filepath.Join(g.StateDir, "engine.db")); err != nil {
-			return nil, withExitCode(exitUsage, fmt.Errorf(
+			return nil, nil, withExitCode(exitUsage, fmt.Errorf(
 				"no embedded engine state in %s (give --state-dir, or --url for a server): %w",
 				g.StateDir, err))
 		}
@@ -46,16 +50,32 @@ func (g *groupTarget) open(ctx context.Context, log *slog.Logger) (*pipeline.Tar
 		if g.Processors != "" {
 			b, err := processors.Load(g.Processors, log)
 			if err != nil {
-				return nil, withExitCode(exitUsage, err)
+				return nil, nil, withExitCode(exitUsage, err)
 			}
 			o.Backends = b
+		}
+		if execute {
+			lock, err := pipeline.LockState(g.StateDir)
+			switch {
+			case errors.Is(err, pipeline.ErrStateLocked):
+				log.Info("a pipeline is running on this state; waiting without executing runs")
+				o.Observe = true
+			case err != nil:
+				return nil, nil, err
+			default:
+				release = func() { lock.Unlock() }
+			}
 		}
 	}
 	target, err := pipeline.OpenTarget(ctx, t, o)
 	if err != nil {
-		return nil, withExitCode(exitCodeOf(err), err)
+		release()
+		return nil, nil, withExitCode(exitCodeOf(err), err)
 	}
-	return target, nil
+	return target, func() {
+		target.Close(ctx)
+		release()
+	}, nil
 }
 
 // statusCmd is the `taskpipe status` command.
@@ -68,11 +88,11 @@ type statusCmd struct {
 // Run executes the command.
 func (c *statusCmd) Run(cli *CLI, log *slog.Logger) error {
 	ctx := context.Background()
-	target, err := c.open(ctx, log)
+	target, closeTarget, err := c.open(ctx, log, false)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
-	defer target.Close(ctx)
+	defer closeTarget()
 	g, err := target.Groups.GetTaskGroup(ctx, c.Group)
 	if err != nil {
 		code := exitCodeOf(err)

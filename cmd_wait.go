@@ -37,11 +37,11 @@ func (c *waitCmd) Run(cli *CLI, log *slog.Logger) error {
 		waitCtx, cancel = context.WithTimeout(ctx, c.Timeout)
 		defer cancel()
 	}
-	target, err := c.open(ctx, log)
+	target, closeTarget, err := c.open(ctx, log, true)
 	if err != nil {
 		return fmt.Errorf("wait: %w", err)
 	}
-	defer target.Close(ctx)
+	defer closeTarget()
 
 	g, err := waitGroup(waitCtx, target.Groups, c.Group, log)
 	switch {

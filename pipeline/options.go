@@ -46,6 +46,10 @@ type Options struct {
 	Target string
 	// StateDir holds the state store. Required.
 	StateDir string
+	// StateLock, when the caller already holds the lock of StateDir (to
+	// open an embedded engine under it), is that lock; nil makes Run take
+	// it for its duration.
+	StateLock *StateLock
 
 	// Limit reads only the first Limit source rows (0: all).
 	Limit int64

@@ -58,6 +58,12 @@ type Plan struct {
 // MakePlan checks that the source, key, mapping and task spec fit together
 // and returns the table the pipeline writes. It reads no rows.
 func MakePlan(ctx context.Context, src Source, key []string, mapping map[string]specs.MappingEntry,
+	spec api.TaskSpec) (Plan, error) {
+	p, _, err := makePlan(ctx, src, key, mapping, spec)
+	return p, err
+}
+
+func makePlan(ctx context.Context, src Source, key []string, mapping map[string]specs.MappingEntry,
 	spec api.TaskSpec) (Plan, *mapper, error) {
 	cols, err := src.Columns(ctx)
 	if err != nil {
@@ -96,7 +102,7 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 		submitted: make(chan struct{})}
 
 	// Plan: columns, mapping, table; open the sinks on the table.
-	plan, m, err := MakePlan(ctx, opts.Source, opts.Key, opts.Mapping, opts.TaskSpec)
+	plan, m, err := makePlan(ctx, opts.Source, opts.Key, opts.Mapping, opts.TaskSpec)
 	if err != nil {
 		return Summary{}, fmt.Errorf("%w: %w", ErrPlan, err)
 	}
@@ -122,7 +128,7 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 
 	// State: a new pass, the target's group (recorded before any run is
 	// added) and runs whose add-runs reply a crash lost.
-	r.state, err = openState(ctx, opts.StateDir)
+	r.state, err = openState(ctx, opts.StateDir, opts.StateLock)
 	if err != nil {
 		return Summary{}, err
 	}

@@ -50,9 +50,41 @@ type rowState struct {
 // target.state_dir as SQLite (WAL, synchronous=NORMAL: a committed
 // transaction survives kill -9 of the process).
 type stateStore struct {
-	db   *sql.DB
-	lock *os.File
+	db *sql.DB
+	// lock is held while the store is open, unless the caller holds it.
+	lock *StateLock
 	path string
+}
+
+// StateLock is the exclusive hold of one process on a state directory: two
+// pipelines (or a pipeline and an embedded engine started by wait) must
+// never drive the same state at once. The operating system releases it
+// when the process dies, so kill -9 never leaves it behind.
+type StateLock struct {
+	f *os.File
+}
+
+// LockState takes the lock of the state directory dir (creating it), or
+// fails at once with ErrStateLocked when another process holds it.
+func LockState(dir string) (*StateLock, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	f, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &StateLock{f: f}, nil
+}
+
+// Unlock releases the lock.
+func (l *StateLock) Unlock() error {
+	if l == nil || l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
 }
 
 const stateSchema = `
@@ -86,15 +118,20 @@ CREATE INDEX IF NOT EXISTS rows_run ON rows (run_id);
 // directory.
 var ErrStateLocked = errors.New("state directory is in use by another taskpipe process")
 
-// openState opens (creating) the state store in dir and locks it against a
-// second concurrent pipeline process.
-func openState(ctx context.Context, dir string) (*stateStore, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create state dir: %w", err)
+// openState opens (creating) the state store in dir. Unless held is given,
+// it locks dir against a second concurrent pipeline process.
+func openState(ctx context.Context, dir string, held *StateLock) (*stateStore, error) {
+	lock := held
+	if lock == nil {
+		var err error
+		if lock, err = LockState(dir); err != nil {
+			return nil, err
+		}
 	}
-	lock, err := lockDir(dir)
-	if err != nil {
-		return nil, err
+	release := func() {
+		if held == nil {
+			lock.Unlock()
+		}
 	}
 	path := filepath.Join(dir, "pipeline.db")
 	q := url.Values{}
@@ -103,22 +140,26 @@ func openState(ctx context.Context, dir string) (*stateStore, error) {
 	q.Add("_pragma", "busy_timeout(10000)")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
-		lock.Close()
+		release()
 		return nil, fmt.Errorf("open state %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
 	if _, err := db.ExecContext(ctx, stateSchema); err != nil {
 		db.Close()
-		lock.Close()
+		release()
 		return nil, fmt.Errorf("create state schema in %s: %w", path, err)
 	}
-	return &stateStore{db: db, lock: lock, path: path}, nil
+	st := &stateStore{db: db, path: path}
+	if held == nil {
+		st.lock = lock
+	}
+	return st, nil
 }
 
-// Close closes the store and releases the directory lock.
+// Close closes the store and releases the directory lock it took.
 func (s *stateStore) Close() error {
 	err := s.db.Close()
-	if lerr := s.lock.Close(); err == nil {
+	if lerr := s.lock.Unlock(); err == nil {
 		err = lerr
 	}
 	return err

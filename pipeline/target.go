@@ -47,7 +47,11 @@ type TargetOptions struct {
 	Backends map[string]engine.Backend
 	// URL and APIKey override the spec's server URL and key.
 	URL, APIKey string
-	Logger      *slog.Logger
+	// Observe opens an embedded engine without starting it: it reads
+	// groups and follows their events (another process executes the
+	// runs) and recovers nothing.
+	Observe bool
+	Logger  *slog.Logger
 }
 
 // OpenTarget opens the target a pipeline spec names: an in-process engine
@@ -83,7 +87,8 @@ func OpenTarget(ctx context.Context, t specs.Target, o TargetOptions) (*Target, 
 	return nil, fmt.Errorf("target.engine: must be embedded, server or parallel, not %q", t.Engine)
 }
 
-// openEmbedded starts an engine over the SQLite store in the state dir.
+// openEmbedded starts an engine over the SQLite store in the state dir. The
+// caller holds the state dir's lock (LockState) unless o.Observe is set.
 func openEmbedded(ctx context.Context, o TargetOptions, log *slog.Logger) (*Target, error) {
 	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
@@ -98,6 +103,11 @@ func openEmbedded(ctx context.Context, o TargetOptions, log *slog.Logger) (*Targ
 		st.Close()
 		return nil, fmt.Errorf("make embedded engine: %w", err)
 	}
+	if o.Observe {
+		return &Target{Groups: e, ID: "embedded", engine: e, close: func(context.Context) error {
+			return st.Close()
+		}}, nil
+	}
 	if err := e.Start(ctx); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("start embedded engine: %w", err)
@@ -111,10 +121,12 @@ func openEmbedded(ctx context.Context, o TargetOptions, log *slog.Logger) (*Targ
 // Engine returns the in-process engine of an embedded target, else nil.
 func (t *Target) Engine() *engine.Engine { return t.engine }
 
-// Close stops an embedded engine (waiting up to 10 s for running jobs) and
-// releases the target.
+// Close stops an embedded engine and releases the target. Runs still
+// executing get two seconds to finish; the others are abandoned and run
+// again when an engine next starts on the same state (execution is
+// at-least-once; a run that completed is never run again).
 func (t *Target) Close(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	return t.close(ctx)
 }

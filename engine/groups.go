@@ -150,22 +150,62 @@ func (e *Engine) submit(ctx context.Context, groupID string, inputs []api.TaskRu
 		}
 	}
 
-	// Store them in one transaction, then wake the dispatchers.
+	// Claim at once the runs that have a free processor slot, so they need
+	// no second write, then store everything in one transaction.
+	claimed := e.claimAtInsert(runs, now)
 	res, err := e.store.AddRuns(ctx, groupID, runs, specJSON)
 	if err != nil {
+		for p, idx := range claimed {
+			e.dispatchers[p].release(len(idx))
+		}
 		return store.AddResult{}, nil, fmt.Errorf("add runs: %w", err)
 	}
 	e.hub.publish(res.Events)
-	woken := make(map[string]bool)
+
+	// Start the claimed runs and wake the dispatchers for the rest.
+	counts := make(map[string]int)
 	for i := range runs {
-		p := runs[i].Processor
-		if !woken[p] {
-			woken[p] = true
-			e.dispatchers[p].queued(len(runs))
+		counts[runs[i].Processor]++
+	}
+	for p, n := range counts {
+		d := e.dispatchers[p]
+		d.queued(n)
+		if idx := claimed[p]; len(idx) > 0 {
+			batch := make([]store.Run, len(idx))
+			for k, i := range idx {
+				batch[k] = runs[i]
+			}
+			d.dispatchClaimed(batch)
 		}
 	}
 	e.metrics.submitted(runs)
 	return res, runs, nil
+}
+
+// claimAtInsert marks as claimed by this node the runs for which their
+// processor has a free slot now, and returns their indexes by processor.
+func (e *Engine) claimAtInsert(runs []store.Run, now time.Time) map[string][]int {
+	wanted := make(map[string][]int)
+	for i := range runs {
+		wanted[runs[i].Processor] = append(wanted[runs[i].Processor], i)
+	}
+	claimed := make(map[string][]int, len(wanted))
+	for p, idx := range wanted {
+		d := e.dispatchers[p]
+		n := d.reserve(len(idx))
+		if n == 0 {
+			continue
+		}
+		for _, i := range idx[:n] {
+			r := &runs[i]
+			r.Status = api.StatusRunning
+			r.Attempt = 1
+			r.LeaseOwner = e.node
+			r.LeaseUntil = now.Add(d.backend.Timeout + leaseGrace)
+		}
+		claimed[p] = idx[:n]
+	}
+	return claimed
 }
 
 // GroupRuns streams a snapshot of the group's runs in insertion order,

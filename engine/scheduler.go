@@ -37,8 +37,12 @@ type dispatcher struct {
 	stopC    chan struct{}
 	stopOnce sync.Once
 
+	// ctx is the engine's work context, set by start.
+	ctx context.Context
+
 	mu       sync.Mutex
 	inflight map[string]*job
+	reserved int // slots promised to runs being claimed at insert
 	freed    chan struct{} // signalled when a slot frees
 	idle     chan struct{} // closed when stopping and inflight is empty
 }
@@ -86,6 +90,7 @@ func (d *dispatcher) queued(n int) {
 }
 
 func (d *dispatcher) start(ctx context.Context, wg *sync.WaitGroup) {
+	d.ctx = ctx
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -148,7 +153,58 @@ func (d *dispatcher) free() int {
 		return 0
 	default:
 	}
-	return max(0, d.backend.Concurrency-len(d.inflight))
+	return max(0, d.backend.Concurrency-len(d.inflight)-d.reserved)
+}
+
+// reserve promises up to n free slots to runs about to be inserted already
+// claimed, within the rate limit. The caller hands each back with
+// dispatchClaimed or release.
+func (d *dispatcher) reserve(n int) int {
+	if d.ctx == nil {
+		return 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.stopC:
+		return 0
+	default:
+	}
+	n = min(n, d.backend.Concurrency-len(d.inflight)-d.reserved)
+	if n <= 0 {
+		return 0
+	}
+	if d.limiter != nil {
+		n = min(n, d.limiter.Burst())
+		if !d.limiter.AllowN(time.Now(), n) {
+			return 0
+		}
+	}
+	d.reserved += n
+	return n
+}
+
+// release returns reserved slots unused.
+func (d *dispatcher) release(n int) {
+	if n == 0 {
+		return
+	}
+	d.mu.Lock()
+	d.reserved -= n
+	d.mu.Unlock()
+	select {
+	case d.freed <- struct{}{}:
+	default:
+	}
+}
+
+// dispatchClaimed executes runs stored already claimed, in their reserved
+// slots.
+func (d *dispatcher) dispatchClaimed(runs []store.Run) {
+	d.mu.Lock()
+	d.reserved -= len(runs)
+	d.mu.Unlock()
+	go d.dispatch(d.ctx, runs)
 }
 
 func (d *dispatcher) claim(ctx context.Context, n int) ([]store.Run, error) {

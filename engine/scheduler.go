@@ -42,7 +42,7 @@ type dispatcher struct {
 
 	mu       sync.Mutex
 	inflight map[string]*job
-	reserved int // slots promised to runs being claimed at insert
+	reserved int           // slots promised to runs being claimed at insert
 	freed    chan struct{} // signalled when a slot frees
 	idle     chan struct{} // closed when stopping and inflight is empty
 }

@@ -1,12 +1,10 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,25 +13,6 @@ import (
 
 	"github.com/taskpipe/taskpipe/api"
 )
-
-// newTestServer starts a Server over svc; opts may adjust the options.
-func newTestServer(t *testing.T, svc Service, opts ...func(*Options)) (*Server, *httptest.Server) {
-	t.Helper()
-	o := Options{Service: svc, WithOwner: withTestOwner}
-	for _, f := range opts {
-		f(&o)
-	}
-	s, err := New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(s)
-	t.Cleanup(func() {
-		s.CloseStreams()
-		ts.Close()
-	})
-	return s, ts
-}
 
 // do sends a raw request and returns the status, the headers and the body.
 func do(t *testing.T, method, url, key, body string) (int, http.Header, []byte) {
@@ -88,21 +67,25 @@ func errorReply(t *testing.T, h http.Header, b []byte) map[string]any {
 
 func TestServer_UnknownPath(t *testing.T) {
 	t.Parallel()
-	_, ts := newTestServer(t, &fakeService{})
+	s := newStack(t)
+	gid := s.createGroup(t, "k")
 	for _, path := range []string{"/_stainless_unknown_path?timeout=0", "/v2/tasks/groups"} {
-		code, h, b := do(t, "GET", ts.URL+path, "My API Key", "")
+		code, h, b := do(t, "GET", s.ts.URL+path, "My API Key", "")
 		if code != http.StatusNotFound {
 			t.Fatalf("%s: status %d, want 404", path, code)
 		}
 		errorReply(t, h, b)
 	}
 	// A known path with the wrong method is not an endpoint either.
-	code, h, b := do(t, "DELETE", ts.URL+"/v1/tasks/groups/tgrp_1", "k", "")
+	code, h, b := do(t, "DELETE", s.ts.URL+"/v1/tasks/groups/"+gid, "k", "")
 	if code != http.StatusNotFound {
 		t.Fatalf("DELETE: status %d, want 404", code)
 	}
 	if msg := errorReply(t, h, b)["message"]; !strings.Contains(msg.(string), "DELETE") {
 		t.Errorf("message %q does not name the method", msg)
+	}
+	if g := s.group(t, gid); g.TaskGroupID != gid {
+		t.Errorf("the group is gone after DELETE: %+v", g)
 	}
 }
 
@@ -115,25 +98,36 @@ func TestServer_Auth(t *testing.T) {
 	if err := keys.Add("bob", "bob-key"); err != nil {
 		t.Fatal(err)
 	}
-	svc := &fakeService{}
-	s, ts := newTestServer(t, svc, func(o *Options) { o.Keys = keys })
-	if s.DevMode() {
+	s := newStack(t, func(o *Options) { o.Keys = keys })
+	if s.srv.DevMode() {
 		t.Fatal("keyed server is in dev mode")
 	}
 	for _, key := range []string{"", "mallory-key"} {
-		code, h, b := do(t, "GET", ts.URL+"/v1/tasks/groups/tgrp_1", key, "")
+		code, h, b := do(t, "POST", s.ts.URL+"/v1/tasks/groups", key, "{}")
 		if code != http.StatusUnauthorized {
 			t.Fatalf("key %q: status %d, want 401", key, code)
 		}
 		errorReply(t, h, b)
 	}
-	code, _, _ := do(t, "GET", ts.URL+"/v1beta/tasks/groups/tgrp_1", "bob-key", "")
-	if code != http.StatusOK || svc.lastOwner() != "bob" {
-		t.Fatalf("bob: status %d owner %q", code, svc.lastOwner())
+
+	// What bob's key creates belongs to bob, and only bob sees it.
+	gid := s.createGroup(t, "bob-key")
+	stored, err := s.store.GetGroup(context.Background(), gid)
+	if err != nil || stored.Owner != "bob" {
+		t.Fatalf("stored group owner %q, %v; want bob", stored.Owner, err)
 	}
+	if code, _, b := do(t, "GET", s.ts.URL+"/v1beta/tasks/groups/"+gid, "bob-key", ""); code != http.StatusOK {
+		t.Fatalf("bob reads his group: %d %s", code, b)
+	}
+	code, h, b := do(t, "GET", s.ts.URL+"/v1/tasks/groups/"+gid, "alice-key", "")
+	if code != http.StatusNotFound {
+		t.Fatalf("alice reads bob's group: %d %s", code, b)
+	}
+	errorReply(t, h, b)
+
 	// Operational endpoints need no key.
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
-		if code, _, _ := do(t, "GET", ts.URL+path, "", ""); code != http.StatusOK {
+		if code, _, _ := do(t, "GET", s.ts.URL+path, "", ""); code != http.StatusOK {
 			t.Errorf("%s: status %d", path, code)
 		}
 	}
@@ -141,22 +135,27 @@ func TestServer_Auth(t *testing.T) {
 
 func TestServer_DevMode(t *testing.T) {
 	t.Parallel()
-	svc := &fakeService{}
-	s, ts := newTestServer(t, svc)
-	if !s.DevMode() {
+	s := newStack(t)
+	if !s.srv.DevMode() {
 		t.Fatal("server without keys is not in dev mode")
 	}
-	for _, key := range []string{"", "My API Key"} {
-		code, _, _ := do(t, "GET", ts.URL+"/v1/tasks/groups/tgrp_1", key, "")
-		if code != http.StatusOK || svc.lastOwner() != DevOwner {
-			t.Fatalf("key %q: status %d owner %q", key, code, svc.lastOwner())
+	gid := s.createGroup(t, "")
+	stored, err := s.store.GetGroup(context.Background(), gid)
+	if err != nil || stored.Owner != DevOwner {
+		t.Fatalf("stored group owner %q, %v; want %q", stored.Owner, err, DevOwner)
+	}
+	for _, key := range []string{"", "My API Key", "anything"} {
+		code, _, b := do(t, "GET", s.ts.URL+"/v1/tasks/groups/"+gid, key, "")
+		if code != http.StatusOK {
+			t.Fatalf("key %q: status %d: %s", key, code, b)
 		}
 	}
 }
 
 func TestServer_AddRunsValidation(t *testing.T) {
 	t.Parallel()
-	_, ts := newTestServer(t, &fakeService{}, func(o *Options) { o.MaxBody = 4096 })
+	s := newStack(t, func(o *Options) { o.MaxBody = 4096 })
+	gid := s.createGroup(t, "k")
 	good := `{"input":"x","processor":"synthetic"}`
 	many := "[" + strings.TrimSuffix(strings.Repeat(`{"input":"x","processor":"p"},`, 1001), ",") + "]"
 	cases := []struct {
@@ -183,22 +182,14 @@ func TestServer_AddRunsValidation(t *testing.T) {
 		{"json without schema", "", `{"inputs":[` + good + `],
 			"default_task_spec":{"output_schema":{"type":"json"}}}`, 422,
 			"default_task_spec.output_schema.json_schema: is required"},
-		{"too many", "", `{"inputs":` + many + `}`, 422, "at most 1000"},
+		{"too many", "", `{"inputs":` + many + `}`, 413, "larger than the limit"},
 		{"bad refresh", "?refresh_status=maybe", `{"inputs":[` + good + `]}`, 422, "refresh_status"},
-		{"unknown processor", "", `{"inputs":[{"input":"x","processor":"nope"}]}`, 403,
-			`unknown processor "nope"`},
+		{"unknown processor", "", `{"inputs":[` + good + `,{"input":"x","processor":"nope"}]}`, 403,
+			`inputs[1].processor: unknown processor "nope"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			code, h, b := do(t, "POST", ts.URL+"/v1/tasks/groups/tgrp_1/runs"+tc.query, "k", tc.body)
-			// The body of "too many" is over MaxBody: it must be 413.
-			if tc.name == "too many" {
-				if code != http.StatusRequestEntityTooLarge {
-					t.Fatalf("status %d, want 413: %s", code, b)
-				}
-				errorReply(t, h, b)
-				return
-			}
+			code, h, b := do(t, "POST", s.ts.URL+"/v1/tasks/groups/"+gid+"/runs"+tc.query, "k", tc.body)
 			if code != tc.code {
 				t.Fatalf("status %d, want %d: %s", code, tc.code, b)
 			}
@@ -208,17 +199,21 @@ func TestServer_AddRunsValidation(t *testing.T) {
 			}
 		})
 	}
+	// All or nothing: no rejected call left a run behind.
+	if g := s.group(t, gid); g.Status.NumTaskRuns != 0 {
+		t.Errorf("rejected calls added %d runs", g.Status.NumTaskRuns)
+	}
 }
 
 func TestServer_AddRunsLimit(t *testing.T) {
 	t.Parallel()
-	svc := &fakeService{}
-	_, ts := newTestServer(t, svc)
-	one := `{"input":"x","processor":"p"}`
+	s := newStack(t)
+	gid := s.createGroup(t, "k")
+	one := `{"input":"x","processor":"synthetic"}`
 	body := func(n int) string {
 		return `{"inputs":[` + strings.TrimSuffix(strings.Repeat(one+",", n), ",") + `]}`
 	}
-	code, h, b := do(t, "POST", ts.URL+"/v1/tasks/groups/tgrp_1/runs", "k", body(1001))
+	code, h, b := do(t, "POST", s.ts.URL+"/v1/tasks/groups/"+gid+"/runs", "k", body(1001))
 	if code != http.StatusUnprocessableEntity {
 		t.Fatalf("1001 inputs: status %d", code)
 	}
@@ -226,7 +221,7 @@ func TestServer_AddRunsLimit(t *testing.T) {
 	if d := obj["detail"].(map[string]any); d["count"] != float64(1001) || d["field"] != "inputs" {
 		t.Errorf("detail = %v", d)
 	}
-	code, _, b = do(t, "POST", ts.URL+"/v1/tasks/groups/tgrp_1/runs?refresh_status=false", "k", body(1000))
+	code, _, b = do(t, "POST", s.ts.URL+"/v1/tasks/groups/"+gid+"/runs?refresh_status=false", "k", body(1000))
 	if code != http.StatusOK {
 		t.Fatalf("1000 inputs: status %d: %.200s", code, b)
 	}
@@ -234,49 +229,69 @@ func TestServer_AddRunsLimit(t *testing.T) {
 	if err := json.Unmarshal(b, &resp); err != nil {
 		t.Fatal(err)
 	}
-	if ids := resp["run_ids"].([]any); len(ids) != 1000 {
-		t.Errorf("run_ids has %d ids", len(ids))
-	}
 	for _, k := range []string{"status", "run_ids", "run_cursor", "event_cursor"} {
 		if _, ok := resp[k]; !ok {
 			t.Errorf("key %s missing", k)
 		}
 	}
+	ids := resp["run_ids"].([]any)
+	distinct := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		distinct[id.(string)] = true
+	}
+	if len(ids) != 1000 || len(distinct) != 1000 {
+		t.Fatalf("run_ids has %d ids, %d distinct", len(ids), len(distinct))
+	}
 	st := resp["status"].(map[string]any)
 	if _, ok := st["task_run_status_counts"].(map[string]any); !ok {
 		t.Errorf("task_run_status_counts = %v, want an object", st["task_run_status_counts"])
+	}
+	if st["num_task_runs"] != float64(1000) {
+		t.Errorf("num_task_runs = %v, want 1000", st["num_task_runs"])
+	}
+	// Every id names a run of the group.
+	for _, id := range []string{ids[0].(string), ids[999].(string)} {
+		if code, _, b := do(t, "GET", s.ts.URL+"/v1/tasks/groups/"+gid+"/runs/"+id, "k", ""); code != 200 {
+			t.Errorf("run %s: %d %s", id, code, b)
+		}
 	}
 }
 
 func TestServer_OversizeBody(t *testing.T) {
 	t.Parallel()
-	_, ts := newTestServer(t, &fakeService{}, func(o *Options) { o.MaxBody = 100 })
-	big := `{"input":"` + strings.Repeat("x", 200) + `","processor":"p"}`
-	for _, path := range []string{"/v1/tasks/runs", "/v1/tasks/groups", "/v1/tasks/groups/tgrp_1/runs"} {
-		code, h, b := do(t, "POST", ts.URL+path, "k", big)
+	s := newStack(t, func(o *Options) { o.MaxBody = 100 })
+	gid := s.createGroup(t, "k")
+	big := `{"input":"` + strings.Repeat("x", 200) + `","processor":"synthetic"}`
+	for _, path := range []string{"/v1/tasks/runs", "/v1/tasks/groups", "/v1/tasks/groups/" + gid + "/runs"} {
+		code, h, b := do(t, "POST", s.ts.URL+path, "k", big)
 		if code != http.StatusRequestEntityTooLarge {
 			t.Fatalf("%s: status %d, want 413", path, code)
 		}
-		errorReply(t, h, b)
+		if d := errorReply(t, h, b)["detail"].(map[string]any); d["limit_bytes"] != float64(100) {
+			t.Errorf("%s: detail %v", path, d)
+		}
 	}
 }
 
 func TestServer_QueryValidation(t *testing.T) {
 	t.Parallel()
-	_, ts := newTestServer(t, &fakeService{})
+	s := newStack(t)
+	gid := s.createGroup(t, "k")
+	rid := s.addRuns(t, "k", gid, "synthetic", 1)[0]
 	cases := []struct{ path, want string }{
-		{"/v1/tasks/groups/tgrp_1/runs?status=done", "status: must be one of"},
-		{"/v1/tasks/groups/tgrp_1/runs?include_input=maybe", "include_input"},
-		{"/v1/tasks/groups/tgrp_1/runs?include_output=2", "include_output"},
-		{"/v1/tasks/groups/tgrp_1/events?timeout=soon", "timeout: must be a number"},
-		{"/v1/tasks/groups/tgrp_1/events?timeout=-1", "timeout: must not be negative"},
-		{"/v1/tasks/runs/trun_1/result?timeout=NaN", "timeout: must be a number"},
-		{"/v1/tasks/runs/trun_1/result?timeout=abc", "timeout: must be a number"},
+		{"/v1/tasks/groups/" + gid + "/runs?status=done", "status: must be one of"},
+		{"/v1/tasks/groups/" + gid + "/runs?include_input=maybe", "include_input"},
+		{"/v1/tasks/groups/" + gid + "/runs?include_output=2", "include_output"},
+		{"/v1/tasks/groups/" + gid + "/events?timeout=soon", "timeout: must be a number"},
+		{"/v1/tasks/groups/" + gid + "/events?timeout=-1", "timeout: must not be negative"},
+		{"/v1/tasks/groups/" + gid + "/runs?last_event_id=abc", "last_event_id: malformed cursor"},
+		{"/v1/tasks/runs/" + rid + "/result?timeout=NaN", "timeout: must be a number"},
+		{"/v1/tasks/runs/" + rid + "/result?timeout=abc", "timeout: must be a number"},
 	}
 	for _, tc := range cases {
-		code, h, b := do(t, "GET", ts.URL+tc.path, "k", "")
+		code, h, b := do(t, "GET", s.ts.URL+tc.path, "k", "")
 		if code != http.StatusUnprocessableEntity {
-			t.Fatalf("%s: status %d", tc.path, code)
+			t.Fatalf("%s: status %d: %s", tc.path, code, b)
 		}
 		obj := errorReply(t, h, b)
 		if msg := obj["message"].(string); !strings.Contains(msg, tc.want) {
@@ -287,10 +302,9 @@ func TestServer_QueryValidation(t *testing.T) {
 
 func TestServer_CreateRun(t *testing.T) {
 	t.Parallel()
-	svc := &fakeService{}
-	_, ts := newTestServer(t, svc)
-	code, h, b := do(t, "POST", ts.URL+"/v1/tasks/runs?beta=true", "k",
-		`{"input":{"company":"Acme"},"processor":"base","metadata":{"row":17}}`)
+	s := newStack(t)
+	code, h, b := do(t, "POST", s.ts.URL+"/v1/tasks/runs?beta=true", "k",
+		`{"input":{"company":"Acme"},"processor":"synthetic","metadata":{"row":17}}`)
 	if code != http.StatusAccepted {
 		t.Fatalf("status %d: %s", code, b)
 	}
@@ -312,251 +326,174 @@ func TestServer_CreateRun(t *testing.T) {
 			t.Errorf("%s = %v, want null", k, run[k])
 		}
 	}
-	code, h, b = do(t, "POST", ts.URL+"/v1/tasks/runs", "k", `{"input":"x","processor":["base"]}`)
+	id, _ := run["run_id"].(string)
+	if len(id) != 37 || !strings.HasPrefix(id, "trun_") || run["interaction_id"] != id {
+		t.Errorf("run_id %q, interaction_id %v", id, run["interaction_id"])
+	}
+	// The dispatcher may claim the run before the reply is written.
+	if (run["status"] != "queued" && run["status"] != "running") || run["is_active"] != true ||
+		run["processor"] != "synthetic" {
+		t.Errorf("new run %s", b)
+	}
+	if m, _ := run["metadata"].(map[string]any); m["row"] != float64(17) {
+		t.Errorf("metadata %v", run["metadata"])
+	}
+	code, h, b = do(t, "POST", s.ts.URL+"/v1/tasks/runs", "k", `{"input":"x","processor":["base"]}`)
 	if code != 422 || !strings.Contains(errorReply(t, h, b)["message"].(string),
 		"processor: must be a string") {
 		t.Errorf("wrong-typed processor: %d %s", code, b)
 	}
+	code, h, b = do(t, "POST", s.ts.URL+"/v1/tasks/runs", "k", `{"input":"x","processor":"base"}`)
+	if code != 403 || !strings.Contains(errorReply(t, h, b)["message"].(string),
+		`unknown processor "base"`) {
+		t.Errorf("unknown processor: %d %s", code, b)
+	}
+}
+
+// createRun creates a run of processor and returns its id.
+func (s *stack) createRun(t *testing.T, processor string) string {
+	t.Helper()
+	code, _, b := do(t, "POST", s.ts.URL+"/v1/tasks/runs", "k",
+		`{"input":{"company":"Acme"},"processor":"`+processor+`"}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("create run: %d %s", code, b)
+	}
+	var run api.TaskRun
+	if err := json.Unmarshal(b, &run); err != nil {
+		t.Fatal(err)
+	}
+	return run.RunID
 }
 
 func TestServer_ResultStatuses(t *testing.T) {
 	t.Parallel()
-	svc := &fakeService{}
-	_, ts := newTestServer(t, svc)
-	code, _, b := do(t, "GET", ts.URL+"/v1/tasks/runs/trun_1/result", "k", "")
+	s := newStack(t)
+
+	// A completed run: 200 with its output, basis and citations as lists.
+	done := s.createRun(t, "synthetic")
+	code, _, b := do(t, "GET", s.ts.URL+"/v1/tasks/runs/"+done+"/result", "k", "")
 	if code != 200 {
-		t.Fatalf("status %d", code)
+		t.Fatalf("status %d: %s", code, b)
+	}
+	if s.spy.lastTimeout() != DefaultResultTimeout {
+		t.Errorf("default timeout %v", s.spy.lastTimeout())
 	}
 	var res map[string]any
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatal(err)
 	}
-	if basis, ok := res["output"].(map[string]any)["basis"].([]any); !ok || len(basis) != 0 {
-		t.Errorf("output.basis = %v, want []", res["output"])
+	if r := res["run"].(map[string]any); r["run_id"] != done || r["status"] != "completed" {
+		t.Errorf("result run %v", r)
 	}
-	if svc.locked(func() any { return svc.resTO }) != DefaultResultTimeout {
-		t.Errorf("default timeout %v", svc.resTO)
+	basis, ok := res["output"].(map[string]any)["basis"].([]any)
+	if !ok || len(basis) == 0 {
+		t.Fatalf("output.basis = %v, want a non-empty list", res["output"])
 	}
-	do(t, "GET", ts.URL+"/v1/tasks/runs/trun_1/result?timeout=2.5", "k", "")
-	if svc.locked(func() any { return svc.resTO }) != 2500*time.Millisecond {
-		t.Errorf("timeout 2.5 became %v", svc.resTO)
-	}
-	do(t, "GET", ts.URL+"/v1/tasks/runs/trun_1/result?timeout=99999", "k", "")
-	if svc.locked(func() any { return svc.resTO }) != MaxResultTimeout {
-		t.Errorf("timeout 99999 became %v", svc.resTO)
-	}
-	for kind, want := range map[error]int{api.ErrTimeout: 408, api.ErrNotFound: 404,
-		errors.New("disk on fire"): 500} {
-		svc.result = func(context.Context, time.Duration) (api.TaskRunResult, error) {
-			if errors.Is(kind, api.ErrTimeout) || errors.Is(kind, api.ErrNotFound) {
-				return api.TaskRunResult{}, &api.Error{Kind: kind, Message: "scripted"}
-			}
-			return api.TaskRunResult{}, kind
+	for _, fb := range basis {
+		fb := fb.(map[string]any)
+		if c, ok := fb["citations"].([]any); !ok || len(c) != 0 || fb["confidence"] != "low" {
+			t.Errorf("basis entry %v, want citations [] and confidence low", fb)
 		}
-		code, h, b := do(t, "GET", ts.URL+"/v1/tasks/runs/trun_1/result?timeout=0", "k", "")
-		if code != want {
-			t.Fatalf("%v: status %d, want %d", kind, code, want)
-		}
-		msg := errorReply(t, h, b)["message"]
-		if want == 500 && msg != "internal server error" {
-			t.Errorf("500 leaks %q", msg)
-		}
+	}
+	do(t, "GET", s.ts.URL+"/v1/tasks/runs/"+done+"/result?timeout=2.5", "k", "")
+	if s.spy.lastTimeout() != 2500*time.Millisecond {
+		t.Errorf("timeout 2.5 became %v", s.spy.lastTimeout())
+	}
+	do(t, "GET", s.ts.URL+"/v1/tasks/runs/"+done+"/result?timeout=99999", "k", "")
+	if s.spy.lastTimeout() != MaxResultTimeout {
+		t.Errorf("timeout 99999 became %v", s.spy.lastTimeout())
+	}
+
+	// An active run times out with 408; a failed or unknown one is 404.
+	held := s.createRun(t, "hold")
+	start := time.Now()
+	code, h, b := do(t, "GET", s.ts.URL+"/v1/tasks/runs/"+held+"/result?timeout=0.2", "k", "")
+	if code != http.StatusRequestTimeout || time.Since(start) < 200*time.Millisecond {
+		t.Fatalf("active run: status %d after %v: %s", code, time.Since(start), b)
+	}
+	errorReply(t, h, b)
+	failed := s.createRun(t, "failing")
+	code, h, b = do(t, "GET", s.ts.URL+"/v1/tasks/runs/"+failed+"/result?timeout=30", "k", "")
+	if code != http.StatusNotFound || !strings.Contains(errorReply(t, h, b)["message"].(string), "failed") {
+		t.Fatalf("failed run: status %d: %s", code, b)
+	}
+	code, h, b = do(t, "GET", s.ts.URL+"/v1/tasks/runs/trun_missing/result?timeout=0", "k", "")
+	if code != http.StatusNotFound {
+		t.Fatalf("unknown run: status %d: %s", code, b)
+	}
+	errorReply(t, h, b)
+
+	// A store that fails is a 500 with a generic message and a logged ref_id.
+	if err := s.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	code, h, b = do(t, "GET", s.ts.URL+"/v1/tasks/runs/"+done+"/result?timeout=0", "k", "")
+	if code != http.StatusInternalServerError {
+		t.Fatalf("closed store: status %d: %s", code, b)
+	}
+	obj := errorReply(t, h, b)
+	if obj["message"] != "internal server error" {
+		t.Errorf("500 leaks %q", obj["message"])
+	}
+	if logs := s.logs.String(); !strings.Contains(logs, obj["ref_id"].(string)) {
+		t.Errorf("ref_id %v is not in the log:\n%s", obj["ref_id"], logs)
 	}
 }
 
 func TestServer_Panic(t *testing.T) {
 	t.Parallel()
-	_, ts := newTestServer(t, &fakeService{})
-	code, h, b := do(t, "POST", ts.URL+"/v1/tasks/runs", "k", `{"input":"x","processor":"panic"}`)
+	// No request reaches a panic in the real handlers, so the recovering
+	// middleware is tested directly around a handler that panics.
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, nil))
+	s := newStack(t, func(o *Options) { o.Logger = log })
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /boom", func(http.ResponseWriter, *http.Request) { panic("scripted panic") })
+	mux.HandleFunc("GET /fine", s.srv.healthz)
+	ts := httptest.NewServer(s.srv.observe(mux))
+	t.Cleanup(ts.Close)
+
+	code, h, b := do(t, "GET", ts.URL+"/boom", "", "")
 	if code != 500 {
 		t.Fatalf("status %d", code)
 	}
-	errorReply(t, h, b)
-	if code, _, _ := do(t, "GET", ts.URL+"/healthz", "", ""); code != 200 {
+	obj := errorReply(t, h, b)
+	if obj["message"] != "internal server error" {
+		t.Errorf("message %q", obj["message"])
+	}
+	out := logs.String()
+	if !strings.Contains(out, "panic serving request") || !strings.Contains(out, "scripted panic") ||
+		!strings.Contains(out, obj["ref_id"].(string)) {
+		t.Errorf("log lacks the panic or its ref_id:\n%s", out)
+	}
+	if code, _, _ := do(t, "GET", ts.URL+"/fine", "", ""); code != 200 {
 		t.Fatalf("server down after panic: %d", code)
 	}
-}
-
-func TestServer_SSEFraming(t *testing.T) {
-	t.Parallel()
-	svc := &fakeService{}
-	_, ts := newTestServer(t, svc)
-	code, h, b := do(t, "GET", ts.URL+"/v1beta/tasks/groups/tgrp_1/runs?status=queued&include_input=true&last_event_id=7", "k", "")
-	if code != 200 {
-		t.Fatalf("status %d: %s", code, b)
-	}
-	if h.Get("Content-Type") != "text/event-stream" || h.Get("Cache-Control") != "no-cache" {
-		t.Errorf("headers %v", h)
-	}
-	frames := strings.Split(strings.TrimSuffix(string(b), "\n\n"), "\n\n")
-	if len(frames) != 2 {
-		t.Fatalf("%d frames in %q", len(frames), b)
-	}
-	for i, f := range frames {
-		lines := strings.Split(f, "\n")
-		if len(lines) != 2 || lines[0] != "event: task_run.state" || !strings.HasPrefix(lines[1], "data: {") {
-			t.Fatalf("frame %d = %q", i, f)
-		}
-		var ev map[string]any
-		if err := json.Unmarshal([]byte(strings.TrimPrefix(lines[1], "data: ")), &ev); err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range []string{"type", "event_id", "input", "run", "output"} {
-			if _, ok := ev[k]; !ok {
-				t.Errorf("frame %d lacks %s", i, k)
-			}
-		}
-		if ev["event_id"] != fmt.Sprint(i+1) {
-			t.Errorf("frame %d event_id %v", i, ev["event_id"])
-		}
-	}
-	if q := svc.locked(func() any { return svc.runsQ }).(*api.GroupRunsQuery); q.Status != api.StatusQueued || !q.IncludeInput || q.IncludeOutput || q.LastEventID != "7" {
-		t.Errorf("query reached the service as %+v", q)
-	}
-}
-
-func TestServer_StreamErrors(t *testing.T) {
-	t.Parallel()
-	svc := &fakeService{}
-	_, ts := newTestServer(t, svc)
-
-	// Before the first event: a JSON reply with the error's status.
-	code, h, b := do(t, "GET", ts.URL+"/v1/tasks/groups/tgrp_404/runs", "k", "")
-	if code != 404 {
-		t.Fatalf("status %d", code)
-	}
-	errorReply(t, h, b)
-
-	// After it: a final error event.
-	svc.groupEvents = func(ctx context.Context, q api.GroupEventsQuery, fn func(api.Event) error) error {
-		if err := fn(&api.TaskGroupStatusEvent{Type: api.EventGroupStatus, EventID: "3"}); err != nil {
-			return err
-		}
-		return api.Errorf(api.ErrInvalid, "last_event_id: scripted")
-	}
-	code, _, b = do(t, "GET", ts.URL+"/v1/tasks/groups/tgrp_1/events", "k", "")
-	if code != 200 {
-		t.Fatalf("status %d", code)
-	}
-	var got []api.Event
-	if err := api.ReadEvents(strings.NewReader(string(b)), func(ev api.Event) error {
-		got = append(got, ev)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 2 {
-		t.Fatalf("%d events in %q", len(got), b)
-	}
-	ee, ok := got[1].(*api.ErrorEvent)
-	if !ok || ee.Error.Message != "last_event_id: scripted" || ee.Error.RefID == "" {
-		t.Fatalf("last event %#v", got[1])
-	}
-	if st := got[0].(*api.TaskGroupStatusEvent).Status; st.TaskRunStatusCounts == nil {
-		t.Error("task_run_status_counts was null on the wire")
-	}
-}
-
-// openStream starts a GET and returns its response once headers arrived.
-func openStream(t *testing.T, ctx context.Context, url string) *http.Response {
-	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	return resp
-}
-
-func TestServer_KeepaliveAndClose(t *testing.T) {
-	t.Parallel()
-	svc := &fakeService{}
-	release := make(chan struct{})
-	svc.groupEvents = func(ctx context.Context, q api.GroupEventsQuery, fn func(api.Event) error) error {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-release:
-			return fn(&api.TaskGroupStatusEvent{Type: api.EventGroupStatus, EventID: "9"})
-		}
-	}
-	s, ts := newTestServer(t, svc, func(o *Options) { o.Keepalive = 5 * time.Millisecond })
-
-	// An idle stream gets keep-alive comments, then its event.
-	resp := openStream(t, context.Background(), ts.URL+"/v1/tasks/groups/tgrp_1/events?timeout=30")
-	br := bufio.NewReader(resp.Body)
-	line, err := br.ReadString('\n')
-	if err != nil || line != ": keepalive\n" {
-		t.Fatalf("first line %q, %v", line, err)
-	}
-	if svc.locked(func() any { return svc.evQ.Timeout }).(time.Duration) != 30*time.Second {
-		t.Errorf("timeout reached the service as %v", svc.locked(func() any { return svc.evQ.Timeout }).(time.Duration))
-	}
-	close(release)
-	rest, _ := io.ReadAll(br)
-	if !strings.Contains(string(rest), "event: task_group_status\ndata: {") || strings.Contains(string(rest), "id:") {
-		t.Fatalf("rest of stream %q", rest)
-	}
-
-	// CloseStreams ends a waiting stream cleanly.
-	svc2 := &fakeService{groupEvents: func(ctx context.Context, q api.GroupEventsQuery,
-		fn func(api.Event) error) error {
-		<-ctx.Done()
-		return ctx.Err()
-	}}
-	s2, ts2 := newTestServer(t, svc2, func(o *Options) { o.Keepalive = time.Hour })
-	_ = s
-	resp2 := openStream(t, context.Background(), ts2.URL+"/v1/tasks/runs/trun_1/events")
-	if resp2.StatusCode != 200 {
-		t.Fatalf("run events: %d", resp2.StatusCode)
-	}
-	b, _ := io.ReadAll(resp2.Body) // the fake run stream ends by itself
-	if !strings.Contains(string(b), "event: task_run.progress_msg.plan\n") {
-		t.Fatalf("run stream %q", b)
-	}
-	waiting := make(chan []byte)
-	go func() {
-		req, _ := http.NewRequest("GET", ts2.URL+"/v1/tasks/groups/tgrp_1/events", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			waiting <- []byte(err.Error())
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		waiting <- append([]byte(resp.Status+" "), b...)
-	}()
-	// Wait until the stream is registered, then close.
-	deadline := time.Now().Add(10 * time.Second)
-	for svc2.lastOwner() == "" && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	s2.CloseStreams()
-	select {
-	case got := <-waiting:
-		if !strings.HasPrefix(string(got), "503") {
-			t.Fatalf("closed stream before any event: %q, want 503", got)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("stream did not end after CloseStreams")
+	if v := s.metricValue(t, `taskpipe_http_requests_total{code="500",route="GET /boom"}`); v != "1" {
+		t.Errorf("panics counted %q, want 1", v)
 	}
 }
 
 func TestServer_Metrics(t *testing.T) {
 	t.Parallel()
-	_, ts := newTestServer(t, &fakeService{})
-	do(t, "GET", ts.URL+"/nowhere", "", "")
-	do(t, "GET", ts.URL+"/v1/tasks/groups/tgrp_1", "k", "")
-	do(t, "GET", ts.URL+"/v1/tasks/groups/tgrp_1/runs", "k", "")
-	_, _, b := do(t, "GET", ts.URL+"/metrics", "", "")
-	for _, want := range []string{
-		`taskpipe_http_requests_total{code="404",route="unmatched"} 1`,
-		`taskpipe_http_requests_total{code="200",route="GET /v1/tasks/groups/{taskgroup_id}"} 1`,
-		`taskpipe_sse_clients{route="GET /v1/tasks/groups/{taskgroup_id}/runs"} 0`,
+	s := newStack(t)
+	gid := s.createGroup(t, "k")
+	s.addRuns(t, "k", gid, "synthetic", 3)
+	do(t, "GET", s.ts.URL+"/nowhere", "", "")
+	do(t, "GET", s.ts.URL+"/v1/tasks/groups/"+gid, "k", "")
+	code, _, b := do(t, "GET", s.ts.URL+"/v1/tasks/groups/"+gid+"/runs", "k", "")
+	if code != 200 || strings.Count(string(b), "event: task_run.state\n") != 3 {
+		t.Fatalf("runs stream %d %q", code, b)
+	}
+	for sample, want := range map[string]string{
+		`taskpipe_http_requests_total{code="404",route="unmatched"}`:                                     "1",
+		`taskpipe_http_requests_total{code="200",route="GET /v1/tasks/groups/{taskgroup_id}"}`:           "1",
+		`taskpipe_http_requests_total{code="200",route="POST /v1/tasks/groups"}`:                         "1",
+		`taskpipe_sse_clients{route="GET /v1/tasks/groups/{taskgroup_id}/runs"}`:                         "0",
+		`taskpipe_http_request_duration_seconds_count{route="GET /v1/tasks/groups/{taskgroup_id}/runs"}`: "1",
 	} {
-		if !strings.Contains(string(b), want) {
-			t.Errorf("metrics lack %s", want)
+		if got := s.metricValue(t, sample); got != want {
+			t.Errorf("%s = %q, want %s", sample, got, want)
 		}
 	}
 }

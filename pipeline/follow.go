@@ -67,18 +67,21 @@ func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
 		failures = 0
 
 		// The stream ended: the group is inactive (or the stream's time
-		// limit passed). Write anything the stream did not report.
-		if err := f.scan(ctx, true); err != nil {
-			return err
-		}
+		// limit passed). Note whether submission had finished before
+		// looking, so that the scan below is known to cover every run,
+		// then write anything the stream did not report.
+		allAdded := isClosed(submitted)
 		g, err := r.opts.Groups.GetTaskGroup(ctx, r.groupID)
 		if err != nil {
 			return fmt.Errorf("get group %s: %w", r.groupID, err)
 		}
+		if err := f.scan(ctx, true); err != nil {
+			return err
+		}
 		if g.Status.IsActive {
 			continue
 		}
-		if isClosed(submitted) {
+		if allAdded {
 			if n := r.outstanding.Load(); n > 0 {
 				return f.settleLost(ctx)
 			}

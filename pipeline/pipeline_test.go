@@ -356,3 +356,72 @@ func containsStr(s, sub string) bool {
 }
 
 var _ = sql.ErrNoRows
+
+// addRecorder records every add-runs call.
+type addRecorder struct {
+	api.TaskGroups
+	calls []api.TaskGroupRunRequest
+	at    []time.Time
+}
+
+func (a *addRecorder) AddRuns(ctx context.Context, id string, req api.TaskGroupRunRequest) (api.TaskGroupRunResponse, error) {
+	a.calls = append(a.calls, req)
+	a.at = append(a.at, time.Now())
+	return a.TaskGroups.AddRuns(ctx, id, req)
+}
+
+func TestRun_ChunksRateLimitAndMetadata(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 35, false)
+	rec := &addRecorder{}
+	h.wrap = func(g api.TaskGroups) api.TaskGroups { rec.TaskGroups = g; return rec }
+	sum, err := h.run(ctx, func(o *pipeline.Options) {
+		o.ChunkSize = 10
+		o.AddsPerMinute = 120 // one call every 500 ms
+		o.Metadata = api.Metadata{"team": "research"}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Submitted != 35 || len(rec.calls) != 4 {
+		t.Fatalf("%d runs in %d calls, want 35 in 4", sum.Submitted, len(rec.calls))
+	}
+	// The limiter spaces the calls: four calls at 2 per second take at
+	// least 1 s (a lower bound, whatever the machine's speed)
+	// (a burst of two, then one every 500 ms).
+	if gap := rec.at[3].Sub(rec.at[0]); gap < 900*time.Millisecond {
+		t.Errorf("4 add calls within %s at 120 calls/min", gap)
+	}
+	seen := map[string]bool{}
+	for _, c := range rec.calls {
+		if len(c.Inputs) > 10 || c.DefaultTaskSpec == nil {
+			t.Errorf("call with %d inputs, default spec %v", len(c.Inputs), c.DefaultTaskSpec != nil)
+		}
+		for _, in := range c.Inputs {
+			key, _ := in.Metadata[pipeline.MetaKey].(string)
+			fp, _ := in.Metadata[pipeline.MetaFingerprint].(string)
+			if key == "" || len(fp) != 32 || in.Metadata["team"] != "research" || seen[key] {
+				t.Errorf("run metadata %v (seen before: %v)", in.Metadata, seen[key])
+			}
+			seen[key] = true
+			var input map[string]any
+			if err := json.Unmarshal(in.Input, &input); err != nil || input["name"] == nil {
+				t.Errorf("input %s: %v", in.Input, err)
+			}
+		}
+	}
+}
+
+func TestRun_DuplicateKeysAreCountedNotSubmitted(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 0, false)
+	h.source = sourcetest.WriteParquet(t, t.TempDir(),
+		"SELECT (i % 40)::BIGINT AS id, 'company ' || i AS name FROM range(50) t(i)")
+	sum, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Rows != 50 || sum.Duplicates != 10 || sum.Submitted != 40 || sum.Statuses["completed"] != 40 {
+		t.Errorf("summary %+v", sum)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/sinks"
@@ -220,8 +221,9 @@ func (s *submitter) addChunk(ctx context.Context, n int) error {
 	}
 	s.counts.submitted.Add(int64(n))
 	s.outstanding.Add(int64(n))
-	s.chunk = append(s.chunk[:0], s.chunk[n:]...)
-	s.chunkRows = append(s.chunkRows[:0], s.chunkRows[n:]...)
+	// Fresh slices: the group API may keep the inputs it was given.
+	s.chunk = slices.Clone(s.chunk[n:])
+	s.chunkRows = slices.Clone(s.chunkRows[n:])
 	s.notifyAdded()
 	return nil
 }

@@ -16,14 +16,21 @@ import (
 )
 
 // AddRuns stores runs, all or none, in status queued with Attempt 0 and no
-// lease, whatever they say about those. A run's GroupID must be empty or
-// groupID. A zero CreatedAt becomes the current time, a zero ModifiedAt
-// becomes CreatedAt. Every SpecHash must be in specs or already stored.
+// lease, whatever else they say about those, except that a run given as
+// running with a LeaseOwner is stored already claimed: Attempt 1, leased
+// until its LeaseUntil, which must be set. This store remembers the runs it
+// claims that way, so that finishing them reads nothing back. A run's
+// GroupID must be empty or groupID. A zero CreatedAt becomes the current
+// time, a zero ModifiedAt becomes CreatedAt. Every SpecHash must be in specs
+// or already stored.
 func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 	specs map[string]json.RawMessage) (store.AddResult, error) {
 	// Check the batch and settle its times before taking the write slot.
 	now := time.Now().UTC()
-	var latest time.Time
+	var (
+		latest  time.Time
+		claimed int64
+	)
 	for i := range runs {
 		r := &runs[i]
 		if r.ID == "" {
@@ -32,6 +39,13 @@ func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 		if r.GroupID != "" && r.GroupID != groupID {
 			return store.AddResult{}, fmt.Errorf("add runs: run %s belongs to group %q, not %q",
 				r.ID, r.GroupID, groupID)
+		}
+		if claimedAtInsert(r) && r.LeaseUntil.IsZero() {
+			return store.AddResult{}, fmt.Errorf("add runs: run %s is claimed without a lease end",
+				r.ID)
+		}
+		if claimedAtInsert(r) {
+			claimed++
 		}
 		if r.CreatedAt.After(latest) {
 			latest = r.CreatedAt
@@ -53,7 +67,7 @@ func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 		var firstSeq int64
 		if groupID != "" {
 			var added counts
-			added[0] = n
+			added[0], added[2] = n-claimed, claimed
 			g, err := tx.updateGroup(groupID, added, n, 1, latest)
 			if err != nil {
 				return err
@@ -69,10 +83,16 @@ func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 			return err
 		}
 
-		// Insert the runs in input order, several per statement.
+		// Insert the runs in input order, several per statement, numbering
+		// their rows here so that claimed ones can be remembered.
+		firstOrd, err := tx.nextOrd()
+		if err != nil {
+			return err
+		}
 		for i := 0; i < len(runs); i += insertChunk {
 			end := min(i+insertChunk, len(runs))
-			if err := tx.insertRuns(runs[i:end], groupID, firstSeq, int64(i), now); err != nil {
+			if err := tx.insertRuns(runs[i:end], groupID, firstSeq, firstOrd, int64(i),
+				now); err != nil {
 				return err
 			}
 		}
@@ -160,29 +180,52 @@ func (tx *wtx) spec(hash string) (json.RawMessage, error) {
 	return spec, rows.Close()
 }
 
-// insertChunk is how many runs one INSERT statement stores; 13 values
+// insertChunk is how many runs one INSERT statement stores; 17 values
 // each stay well below SQLite's limit on parameters.
 const insertChunk = 64
 
 // insertSQL returns the INSERT statement for n runs.
 func insertSQL(n int) string {
 	var b strings.Builder
-	b.WriteString(`INSERT INTO runs (id, group_id, seq, owner, processor, status, input,
-		spec_hash, warnings, checkpoint, created_at, modified_at, not_before) VALUES `)
+	b.WriteString(`INSERT INTO runs (ord, id, group_id, seq, owner, processor, status, input,
+		spec_hash, warnings, checkpoint, created_at, modified_at, not_before, attempt,
+		lease_owner, lease_until) VALUES `)
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString("(?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)")
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 	}
 	return b.String()
 }
 
-// insertRuns inserts runs as queued, the first being the first-th run of
-// the batch.
-func (tx *wtx) insertRuns(runs []store.Run, groupID string, firstSeq, first int64,
+// claimedAtInsert reports whether AddRuns stores r already claimed.
+func claimedAtInsert(r *store.Run) bool {
+	return r.Status == api.StatusRunning && r.LeaseOwner != ""
+}
+
+// nextOrd returns the row number the next inserted run gets.
+func (tx *wtx) nextOrd() (int64, error) {
+	rows, err := tx.query(`SELECT coalesce(max(ord), 0) + 1 FROM runs`)
+	if err != nil {
+		return 0, fmt.Errorf("read next run number: %w", err)
+	}
+	defer rows.Close()
+	var ord int64
+	if !rows.Next() {
+		return 0, fmt.Errorf("read next run number: %w", rows.Err())
+	}
+	if err := rows.Scan(&ord); err != nil {
+		return 0, fmt.Errorf("read next run number: %w", err)
+	}
+	return ord, rows.Close()
+}
+
+// insertRuns inserts runs, the first being the first-th run of the batch,
+// whose row number is firstOrd. Runs claimed at insert are remembered.
+func (tx *wtx) insertRuns(runs []store.Run, groupID string, firstSeq, firstOrd, first int64,
 	now time.Time) error {
-	args := make([]any, 0, 12*len(runs))
+	args := make([]any, 0, 17*len(runs))
 	for i := range runs {
 		r := &runs[i]
 		created := r.CreatedAt
@@ -197,9 +240,21 @@ func (tx *wtx) insertRuns(runs []store.Run, groupID string, firstSeq, first int6
 		if groupID != "" {
 			seq = firstSeq + first + int64(i)
 		}
-		args = append(args, r.ID, groupID, seq, r.Owner, r.Processor, blob(r.Input), r.SpecHash,
-			blob(r.Warnings), blob(r.Checkpoint), micros(created), micros(modified),
-			micros(r.NotBefore))
+		ord := firstOrd + first + int64(i)
+		status, attempt, owner, until := api.StatusQueued, 0, "", int64(0)
+		if claimedAtInsert(r) {
+			status, attempt, owner, until = api.StatusRunning, 1, r.LeaseOwner, micros(r.LeaseUntil)
+			tx.s.active.remember(ord, store.Run{ID: r.ID, GroupID: groupID, Seq: seq,
+				Owner: r.Owner, Processor: r.Processor, Status: status, Input: rawJSON(r.Input),
+				SpecHash: r.SpecHash, Warnings: rawJSON(r.Warnings), Attempt: attempt,
+				Checkpoint: rawJSON(r.Checkpoint), CreatedAt: fromMicros(micros(created)),
+				ModifiedAt: fromMicros(micros(modified)),
+				NotBefore:  fromMicros(micros(r.NotBefore)),
+				LeaseOwner: owner, LeaseUntil: fromMicros(until)})
+		}
+		args = append(args, ord, r.ID, groupID, seq, r.Owner, r.Processor, string(status),
+			blob(r.Input), r.SpecHash, blob(r.Warnings), blob(r.Checkpoint), micros(created),
+			micros(modified), micros(r.NotBefore), attempt, owner, until)
 	}
 	if _, err := tx.exec(insertSQL(len(runs)), args...); err != nil {
 		return fmt.Errorf("insert runs %s...: %w", runs[0].ID, err)

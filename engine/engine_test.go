@@ -585,3 +585,38 @@ func TestEngine_RestartReexecutesOnlyUnfinished(t *testing.T) {
 	}
 	close(block)
 }
+
+func TestEngine_RateLimit(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var starts []time.Time
+	p := &funcProcessor{fn: func(context.Context, engine.Job) engine.Outcome {
+		mu.Lock()
+		starts = append(starts, time.Now())
+		mu.Unlock()
+		return engine.Outcome{Output: jsonOutput("x")}
+	}}
+	// 1,200 runs a minute is 20 a second with a burst of 20.
+	h := newHarness(t, map[string]engine.Backend{"metered": {Processor: p, Concurrency: 1000, RatePerMinute: 1200}})
+	ctx := context.Background()
+	g, _ := h.eng.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{})
+	begin := time.Now()
+	if _, err := h.eng.AddRuns(ctx, g.TaskGroupID, api.TaskGroupRunRequest{Inputs: inputs(60, "metered"), DefaultTaskSpec: companySpec}); err != nil {
+		t.Fatal(err)
+	}
+	waitGroup(t, ctx, h.eng, g.TaskGroupID)
+
+	// However fast or slow the machine, no run may start before the limit
+	// allows it: by time d at most 20 + 20*d runs have started.
+	mu.Lock()
+	defer mu.Unlock()
+	if len(starts) != 60 {
+		t.Fatalf("starts = %d, want 60", len(starts))
+	}
+	for i, s := range starts {
+		allowed := 20 + int(20*s.Sub(begin).Seconds()) + 1
+		if i+1 > allowed {
+			t.Fatalf("run %d started %s after the first add; the limit allows only %d by then", i+1, s.Sub(begin), allowed)
+		}
+	}
+}

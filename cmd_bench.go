@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/taskpipe/taskpipe/bench"
@@ -15,7 +18,8 @@ import (
 
 // benchCmd is `taskpipe bench`: the measurements behind docs/benchmarks.md.
 type benchCmd struct {
-	Group benchGroupCmd `cmd:"" help:"One task group through the engine: add, complete, read every output back."`
+	Group    benchGroupCmd    `cmd:"" help:"One task group through the engine: add, complete, read every output back."`
+	Pipeline benchPipelineCmd `cmd:"" help:"taskpipe run over a generated Parquet file, against a plain DuckDB copy of it."`
 }
 
 // benchGroupCmd measures one group of synthetic runs.
@@ -68,5 +72,63 @@ func (c *benchGroupCmd) Run(cli *CLI, log *slog.Logger) error {
 		})
 	}
 	fmt.Println(res)
+	return nil
+}
+
+// benchPipelineCmd measures `taskpipe run` on a generated Parquet file
+// against a plain DuckDB copy of the same rows.
+type benchPipelineCmd struct {
+	Rows int    `help:"Rows in the generated Parquet file." default:"1000000"`
+	Dir  string `help:"Folder for the fixture and outputs (default: a temporary folder, removed after)." type:"path"`
+}
+
+// Run generates the fixture, times the baseline copy, then runs the
+// pipeline as a child process so that its peak RSS is its own.
+func (c *benchPipelineCmd) Run(cli *CLI, log *slog.Logger) error {
+	ctx := context.Background()
+	dir := c.Dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "taskpipe-bench-pipeline-")
+		if err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	fx, err := bench.WritePipelineFixture(ctx, dir, c.Rows)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	baseline, err := bench.DuckDBCopy(ctx, fx.Parquet, filepath.Join(dir, "baseline.duckdb"))
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+
+	// Run the pipeline in a child process of this binary.
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, self, "run", fx.Spec, "--progress", "none")
+	cmd.Stderr = os.Stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("bench: run pipeline: %w", err)
+	}
+	took := time.Since(start)
+	var peakKB int64
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		peakKB = ru.Maxrss
+	}
+	counts, err := bench.CountByStatus(ctx, fx.Database, fx.Table)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	fmt.Printf("rows=%d pipeline=%s (%.0f rows/s) peak_rss=%.0f MB duckdb_copy=%s ratio=%.1fx results=%v\n",
+		c.Rows, took.Round(time.Millisecond), float64(c.Rows)/took.Seconds(), float64(peakKB)/1024,
+		baseline.Round(time.Millisecond), took.Seconds()/baseline.Seconds(), counts)
+	if counts["completed"] != int64(c.Rows) {
+		return fmt.Errorf("bench: %d rows completed, want %d", counts["completed"], c.Rows)
+	}
 	return nil
 }

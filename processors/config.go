@@ -41,6 +41,7 @@ var registry = struct {
 	"http":      newHTTPKind,
 	"exec":      newExecKind,
 	"openai":    newOpenAIKind,
+	"parallel":  newParallelKind,
 }}
 
 // Register adds a processor kind, such as one built outside this package.
@@ -186,9 +187,12 @@ func Parse(data []byte, log *slog.Logger) (map[string]engine.Backend, error) {
 		}
 		backends[name] = pc.backend(p)
 	}
-	if len(errs) > 0 {
+	if len(errs) == 0 {
+		errs = append(errs, addParallelDefaults(cfg, backends, log))
+	}
+	if err := errors.Join(errs...); err != nil {
 		closeAll(backends, log)
-		return nil, errors.Join(errs...)
+		return nil, err
 	}
 	return backends, nil
 }

@@ -1,0 +1,841 @@
+package processors
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"golang.org/x/time/rate"
+
+	"github.com/taskpipe/taskpipe/api"
+	"github.com/taskpipe/taskpipe/engine"
+)
+
+// ParallelOptions configures the parallel kind: a forwarder to a
+// Parallel-compatible Task Group API, Parallel's hosted service
+// (https://api.parallel.ai) or another taskpipe server.
+type ParallelOptions struct {
+	// BaseURL is the API's base URL. Required: there is no default host.
+	BaseURL string `yaml:"base_url"`
+	// APIKeyEnv names the environment variable holding the API key
+	// (default PARALLEL_API_KEY). It is read once, when the processor is
+	// built.
+	APIKeyEnv string `yaml:"api_key_env"`
+	// UpstreamProcessor is the processor the upstream runs use; empty
+	// keeps each run's own processor name.
+	UpstreamProcessor string `yaml:"upstream_processor"`
+	// CreatesPerMinute caps the calls that create upstream resources
+	// (add-runs and the rare create-group) per minute (default 2,000,
+	// Parallel's published limit). Processors with the same base_url,
+	// api_key_env and cap share one limit.
+	CreatesPerMinute float64 `yaml:"creates_per_minute"`
+	// MaxRunsPerAdd is the most runs one add-runs call carries (default
+	// and maximum 1,000).
+	MaxRunsPerAdd int `yaml:"max_runs_per_add"`
+	// FlushInterval is how long jobs are gathered before a partial
+	// add-runs call is sent, and completions before the runs stream is
+	// read for their outputs (default 200ms).
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// ClientOptions tune the API client (tests use short retry backoffs).
+	// They cannot be set in the processor file.
+	ClientOptions []api.ClientOption `yaml:"-"`
+}
+
+// Defaults of the parallel kind.
+const (
+	DefaultParallelKeyEnv        = "PARALLEL_API_KEY"
+	DefaultParallelBaseURLEnv    = "PARALLEL_BASE_URL"
+	DefaultParallelCreatesPerMin = 2000
+	DefaultParallelFlushInterval = 200 * time.Millisecond
+	// parallelRunKey is the metadata key of an upstream run that holds the
+	// engine run it executes, so that a restart can adopt runs whose ids
+	// were never checkpointed.
+	parallelRunKey = "taskpipe_run"
+	// parallelGroupKey is the metadata key of an upstream group that names
+	// the engine group it serves.
+	parallelGroupKey = "taskpipe_group"
+	// parallelAttempts bounds the tries of one add-runs batch, one
+	// adoption read or one group creation before its runs fail as
+	// transient (the engine retries them later).
+	parallelAttempts = 6
+	// parallelAdders is the most add-runs calls in flight at once.
+	parallelAdders = 4
+	// parallelEarlyCap bounds the remembered completions of runs not (yet)
+	// registered; see upstreamGroup.early.
+	parallelEarlyCap = 100_000
+)
+
+// errReadDone stops a runs stream early once it gave what was wanted.
+var errReadDone = errors.New("read done")
+
+// Parallel is the processor of the parallel kind. It forwards runs to an
+// upstream Task Group API: one upstream group per engine group (created
+// lazily), runs added in calls of up to 1,000 within the create rate,
+// completions followed on the upstream group's events stream (no polling)
+// and outputs read back in batches from the group's runs stream.
+//
+// Every job is checkpointed with its upstream group before it is added and
+// with its upstream run once the add returned, and every upstream run
+// carries the engine run id in its metadata (taskpipe_run). A restarted
+// engine re-attaches jobs with a run checkpoint and adopts, by metadata,
+// runs that were added but not checkpointed, so nothing is submitted twice.
+type Parallel struct {
+	opts    ParallelOptions
+	client  *api.Client
+	limiter *rate.Limiter
+	log     *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+	wakeC  chan struct{}
+	adders chan struct{}
+
+	// life guards closed, so that no goroutine starts after Close.
+	life   sync.Mutex
+	closed bool
+
+	// mu guards locals and upstreams; it is never held while taking an
+	// upstreamGroup's lock.
+	mu        sync.Mutex
+	locals    map[string]*localGroup
+	upstreams map[string]*upstreamGroup
+}
+
+var (
+	_ engine.Processor = (*Parallel)(nil)
+	_ engine.Closer    = (*Parallel)(nil)
+)
+
+// forwardJob is a job on its way upstream.
+type forwardJob struct {
+	job engine.Job
+	r   engine.Reporter
+	// upstreamGroup is the group its checkpoint names ("" for none).
+	upstreamGroup string
+	queued        time.Time
+}
+
+// localGroup is the forwarding state of one engine group ("" for runs
+// outside any group).
+type localGroup struct {
+	key string
+	// upstream receives this group's new runs; nil until known.
+	upstream *upstreamGroup
+	queue    []*forwardJob
+	// adopt holds jobs checkpointed with a group but no run: a previous
+	// life may have added them.
+	adopt []*forwardJob
+	busy  bool
+}
+
+// parallelCheckpoint is what a job saves through Reporter.Checkpoint.
+type parallelCheckpoint struct {
+	UpstreamGroup string `json:"upstream_group"`
+	UpstreamRun   string `json:"upstream_run,omitempty"`
+}
+
+// NewParallel checks opts and builds a parallel processor. Nothing
+// connects until the first job arrives.
+func NewParallel(opts ParallelOptions, log *slog.Logger) (*Parallel, error) {
+	// Validate and default the options.
+	var errs []error
+	u, err := url.Parse(opts.BaseURL)
+	switch {
+	case opts.BaseURL == "":
+		errs = append(errs, errors.New(
+			"base_url: must be set (for Parallel's hosted API: https://api.parallel.ai)"))
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		errs = append(errs, fmt.Errorf("base_url: must be an absolute http or https URL, not %q", opts.BaseURL))
+	}
+	if opts.CreatesPerMinute < 0 {
+		errs = append(errs, errors.New("creates_per_minute: must be > 0"))
+	}
+	if opts.MaxRunsPerAdd < 0 || opts.MaxRunsPerAdd > api.MaxRunsPerAdd {
+		errs = append(errs, fmt.Errorf("max_runs_per_add: must be between 1 and %d", api.MaxRunsPerAdd))
+	}
+	if opts.FlushInterval < 0 {
+		errs = append(errs, errors.New("flush_interval: must be >= 0"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if opts.APIKeyEnv == "" {
+		opts.APIKeyEnv = DefaultParallelKeyEnv
+	}
+	if opts.CreatesPerMinute == 0 {
+		opts.CreatesPerMinute = DefaultParallelCreatesPerMin
+	}
+	if opts.MaxRunsPerAdd == 0 {
+		opts.MaxRunsPerAdd = api.MaxRunsPerAdd
+	}
+	if opts.FlushInterval == 0 {
+		opts.FlushInterval = DefaultParallelFlushInterval
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	// Build the client; a missing key is sent as none (the upstream then
+	// answers 401, which fails the runs with its message).
+	key := os.Getenv(opts.APIKeyEnv)
+	if key == "" {
+		log.Warn("api key variable is not set; sending no key", "variable", opts.APIKeyEnv)
+	}
+	clientOpts := append([]api.ClientOption{api.WithLogger(log)}, opts.ClientOptions...)
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Parallel{
+		opts:      opts,
+		client:    api.NewClient(opts.BaseURL, key, clientOpts...),
+		limiter:   createLimiter(opts.BaseURL, opts.APIKeyEnv, opts.CreatesPerMinute),
+		log:       log,
+		ctx:       ctx,
+		cancel:    cancel,
+		wakeC:     make(chan struct{}, 1),
+		adders:    make(chan struct{}, parallelAdders),
+		locals:    make(map[string]*localGroup),
+		upstreams: make(map[string]*upstreamGroup),
+	}, nil
+}
+
+// newParallelKind is the Factory of the parallel kind.
+func newParallelKind(options yaml.Node, log *slog.Logger) (engine.Processor, error) {
+	var o ParallelOptions
+	if err := DecodeOptions(options, &o); err != nil {
+		return nil, err
+	}
+	return NewParallel(o, log)
+}
+
+// sharedLimiters holds one create limiter per upstream account and cap.
+var sharedLimiters = struct {
+	sync.Mutex
+	m map[string]*rate.Limiter
+}{m: map[string]*rate.Limiter{}}
+
+// createLimiter returns the limiter of creates shared by processors with
+// the same base URL, key variable and cap. Its burst is one, so no minute
+// sees more than perMinute creates (plus one).
+func createLimiter(baseURL, keyEnv string, perMinute float64) *rate.Limiter {
+	key := fmt.Sprintf("%s\x00%s\x00%g", baseURL, keyEnv, perMinute)
+	sharedLimiters.Lock()
+	defer sharedLimiters.Unlock()
+	l, ok := sharedLimiters.m[key]
+	if !ok {
+		l = rate.NewLimiter(rate.Limit(perMinute/60), 1)
+		sharedLimiters.m[key] = l
+	}
+	return l
+}
+
+// RequestCounts returns the HTTP requests sent upstream per endpoint,
+// retries and stream reconnects included.
+func (p *Parallel) RequestCounts() map[string]int64 { return p.client.RequestCounts() }
+
+// Execute implements engine.Processor. Jobs with a run checkpoint are
+// re-attached to their upstream run; the others are queued for the next
+// add-runs call of their group.
+func (p *Parallel) Execute(ctx context.Context, jobs []engine.Job, r engine.Reporter) {
+	if !p.startSubmitter() {
+		return
+	}
+	now := time.Now()
+	type attachment struct {
+		ug  *upstreamGroup
+		fj  *forwardJob
+		run string
+	}
+	var attach []attachment
+
+	// Sort the jobs by what their checkpoint says.
+	p.mu.Lock()
+	for _, j := range jobs {
+		fj := &forwardJob{job: j, r: r, queued: now}
+		cp := p.checkpointOf(j)
+		lg := p.localLocked(j.GroupID)
+		if cp.UpstreamGroup != "" {
+			ug := p.upstreamLocked(cp.UpstreamGroup)
+			if lg.upstream == nil {
+				lg.upstream = ug
+			}
+			fj.upstreamGroup = ug.id
+		}
+		switch {
+		case cp.UpstreamRun != "":
+			attach = append(attach, attachment{p.upstreams[cp.UpstreamGroup], fj, cp.UpstreamRun})
+		case cp.UpstreamGroup != "":
+			lg.adopt = append(lg.adopt, fj)
+		default:
+			lg.queue = append(lg.queue, fj)
+		}
+	}
+	p.mu.Unlock()
+
+	// Re-attach, then let the submitter look at the queues.
+	for _, a := range attach {
+		a.ug.mu.Lock()
+		a.ug.reattach(a.fj, a.run)
+		p.followLocked(a.ug)
+		a.ug.mu.Unlock()
+	}
+	p.wake()
+}
+
+// checkpointOf decodes a job's checkpoint; an unreadable one counts as none.
+func (p *Parallel) checkpointOf(j engine.Job) parallelCheckpoint {
+	var cp parallelCheckpoint
+	if len(j.Checkpoint) == 0 {
+		return cp
+	}
+	if err := json.Unmarshal(j.Checkpoint, &cp); err != nil {
+		p.log.Warn("ignore unreadable checkpoint", "run_id", j.RunID, "error", err)
+		return parallelCheckpoint{}
+	}
+	if cp.UpstreamGroup == "" {
+		cp.UpstreamRun = ""
+	}
+	return cp
+}
+
+// localLocked returns the state of an engine group; p.mu is held.
+func (p *Parallel) localLocked(key string) *localGroup {
+	lg, ok := p.locals[key]
+	if !ok {
+		lg = &localGroup{key: key}
+		p.locals[key] = lg
+	}
+	return lg
+}
+
+// upstreamLocked returns the state of an upstream group; p.mu is held.
+func (p *Parallel) upstreamLocked(id string) *upstreamGroup {
+	ug, ok := p.upstreams[id]
+	if !ok {
+		ug = newUpstreamGroup(id)
+		p.upstreams[id] = ug
+	}
+	return ug
+}
+
+// Close implements engine.Closer: it stops the streams and the submitter
+// and waits for them. Jobs not yet completed are abandoned; the engine
+// runs them again after a restart, re-attached through their checkpoints.
+func (p *Parallel) Close() error {
+	p.life.Lock()
+	p.closed = true
+	p.life.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	return nil
+}
+
+// goStart runs fn in a tracked goroutine unless Close began; it reports
+// whether fn was started.
+func (p *Parallel) goStart(fn func()) bool {
+	p.life.Lock()
+	defer p.life.Unlock()
+	if p.closed {
+		return false
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// startSubmitter starts the submitter on first use; false after Close.
+func (p *Parallel) startSubmitter() bool {
+	p.once.Do(func() { p.goStart(p.submitLoop) })
+	return p.ctx.Err() == nil
+}
+
+// wake nudges the submitter.
+func (p *Parallel) wake() {
+	select {
+	case p.wakeC <- struct{}{}:
+	default:
+	}
+}
+
+// submitLoop starts add-runs work for groups whose queues are due: at once
+// for full calls, after FlushInterval for partial ones.
+func (p *Parallel) submitLoop() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if next := p.dispatchAdds(time.Now()); next > 0 {
+			timer.Reset(next)
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-p.wakeC:
+		case <-timer.C:
+		}
+	}
+}
+
+// dispatchAdds hands due queues to workers, one worker per engine group at
+// a time so that a group's add calls keep their order. It returns how long
+// until the next partial queue is due (0: none waiting).
+func (p *Parallel) dispatchAdds(now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var next time.Duration
+	for _, lg := range p.locals {
+		if lg.busy || (len(lg.queue) == 0 && len(lg.adopt) == 0) {
+			continue
+		}
+		oldest := now
+		for _, fj := range slices.Concat(lg.queue, lg.adopt) {
+			if fj.queued.Before(oldest) {
+				oldest = fj.queued
+			}
+		}
+		due := !now.Before(oldest.Add(p.opts.FlushInterval))
+		if !due && len(lg.queue) < p.opts.MaxRunsPerAdd {
+			if wait := oldest.Add(p.opts.FlushInterval).Sub(now); next == 0 || wait < next {
+				next = wait
+			}
+			continue
+		}
+
+		// Take full calls now, and the rest (with adoptions) once due.
+		var jobs, adopt []*forwardJob
+		if due {
+			jobs, adopt = lg.queue, lg.adopt
+			lg.queue, lg.adopt = nil, nil
+		} else {
+			n := len(lg.queue) / p.opts.MaxRunsPerAdd * p.opts.MaxRunsPerAdd
+			jobs = lg.queue[:n:n]
+			lg.queue = slices.Clone(lg.queue[n:])
+		}
+		lg.busy = true
+		if !p.goStart(func() { p.work(lg, jobs, adopt) }) {
+			lg.busy = false
+		}
+	}
+	return next
+}
+
+// work adopts what a previous life added, then adds the rest of the jobs
+// of one engine group, in calls of at most MaxRunsPerAdd.
+func (p *Parallel) work(lg *localGroup, jobs, adopt []*forwardJob) {
+	defer func() {
+		p.mu.Lock()
+		lg.busy = false
+		p.mu.Unlock()
+		p.wake()
+	}()
+	select {
+	case p.adders <- struct{}{}:
+		defer func() { <-p.adders }()
+	case <-p.ctx.Done():
+		return
+	}
+
+	// Adopt, per upstream group, runs that exist already.
+	byGroup := map[string][]*forwardJob{}
+	for _, fj := range adopt {
+		byGroup[fj.upstreamGroup] = append(byGroup[fj.upstreamGroup], fj)
+	}
+	for id, fjs := range byGroup {
+		p.mu.Lock()
+		ug := p.upstreams[id]
+		p.mu.Unlock()
+		rest, ok := p.adoptWithRetry(ug, fjs, false)
+		if !ok {
+			return
+		}
+		jobs = append(rest, jobs...)
+	}
+
+	// Add the rest.
+	for chunk := range slices.Chunk(jobs, p.opts.MaxRunsPerAdd) {
+		if p.ctx.Err() != nil {
+			return
+		}
+		p.addChunk(lg, chunk)
+	}
+}
+
+// addChunk adds one call's worth of jobs to the engine group's upstream
+// group, creating it first when needed.
+func (p *Parallel) addChunk(lg *localGroup, jobs []*forwardJob) {
+	ug, err := p.upstreamFor(lg)
+	if err != nil {
+		p.failJobs(jobs, err)
+		return
+	}
+
+	// Save the group before adding, so that a restart after the add
+	// looks for these runs upstream instead of adding them again.
+	ready := jobs[:0:0]
+	for _, fj := range jobs {
+		if fj.upstreamGroup != ug.id {
+			cp, _ := json.Marshal(parallelCheckpoint{UpstreamGroup: ug.id})
+			if err := fj.r.Checkpoint(p.ctx, fj.job.RunID, cp); err != nil {
+				if p.ctx.Err() == nil {
+					fj.r.Complete(fj.job.RunID, engine.Outcome{Err: engine.Transient(err, 0)})
+				}
+				continue
+			}
+			fj.upstreamGroup = ug.id
+		}
+		ready = append(ready, fj)
+	}
+	p.submit(ug, ready)
+}
+
+// upstreamFor returns the upstream group of an engine group, creating it
+// (with the engine group id in its metadata) on first use.
+func (p *Parallel) upstreamFor(lg *localGroup) (*upstreamGroup, error) {
+	p.mu.Lock()
+	ug := lg.upstream
+	p.mu.Unlock()
+	if ug != nil {
+		return ug, nil
+	}
+	req := api.CreateTaskGroupRequest{}
+	if lg.key != "" {
+		req.Metadata = api.Metadata{parallelGroupKey: lg.key}
+	}
+	var err error
+	for attempt := range parallelAttempts {
+		if err = p.limiter.Wait(p.ctx); err != nil {
+			return nil, err
+		}
+		var g api.TaskGroup
+		g, err = p.client.CreateTaskGroup(p.ctx, req)
+		if err == nil {
+			p.mu.Lock()
+			ug = p.upstreamLocked(g.TaskGroupID)
+			lg.upstream = ug
+			p.mu.Unlock()
+			return ug, nil
+		}
+		if definitive(err) || p.ctx.Err() != nil {
+			return nil, err
+		}
+		p.log.Warn("create upstream group", "attempt", attempt+1, "error", err)
+		sleepCtx(p.ctx, backoff(time.Second, attempt))
+	}
+	return nil, engine.Transient(fmt.Errorf("create upstream group: %w", err), 0)
+}
+
+// submit adds jobs to ug in one call. Replies the upstream cannot have acted
+// on (429, 503) are tried again; after an ambiguous failure (a 5xx, a lost
+// reply) the runs stream is read first and runs that were created are
+// adopted, so that no run is added twice. 402, 403 and other refusals fail
+// the jobs with the upstream's message; a 422 is bisected so that one bad
+// input fails alone.
+func (p *Parallel) submit(ug *upstreamGroup, jobs []*forwardJob) {
+	for attempt := 0; len(jobs) > 0; attempt++ {
+		if p.limiter.Wait(p.ctx) != nil {
+			return
+		}
+
+		// Add and register under the group's add lock, so that batches
+		// are registered in the order the upstream stored them.
+		ug.addMu.Lock()
+		resp, err := p.client.AddRuns(p.ctx, ug.id, p.request(jobs))
+		if err == nil && len(resp.RunIDs) != len(jobs) {
+			err = fmt.Errorf("add runs: upstream returned %d run ids for %d inputs",
+				len(resp.RunIDs), len(jobs))
+		}
+		if err == nil {
+			p.checkpointRuns(ug, jobs, resp.RunIDs)
+			ug.mu.Lock()
+			ug.register(jobs, resp)
+			p.followLocked(ug)
+			ug.mu.Unlock()
+			ug.addMu.Unlock()
+			return
+		}
+		ug.addMu.Unlock()
+		if p.ctx.Err() != nil {
+			return
+		}
+
+		// Decide what the failure means for these jobs.
+		switch {
+		case definitive(err):
+			p.failJobs(jobs, err)
+			return
+		case errors.Is(err, api.ErrInvalid) || errors.Is(err, api.ErrTooLarge):
+			if len(jobs) == 1 {
+				p.failJobs(jobs, err)
+				return
+			}
+			half := len(jobs) / 2
+			p.submit(ug, jobs[:half])
+			p.submit(ug, jobs[half:])
+			return
+		case attempt+1 >= parallelAttempts:
+			p.failJobs(jobs, engine.Transient(fmt.Errorf("add runs upstream: %w", err), 0))
+			return
+		}
+		p.log.Warn("add runs upstream", "group", ug.id, "runs", len(jobs), "attempt", attempt+1, "error", err)
+		if !sleepCtx(p.ctx, backoff(time.Second, attempt)) {
+			return
+		}
+		if !errors.Is(err, api.ErrRateLimited) && !errors.Is(err, api.ErrUnavailable) {
+			rest, ok := p.adoptWithRetry(ug, jobs, true)
+			if !ok {
+				return
+			}
+			jobs = rest
+		}
+	}
+}
+
+// definitive reports whether an upstream refusal will not change on retry:
+// 401, 402, 403 and 404.
+func definitive(err error) bool {
+	return errors.Is(err, api.ErrUnauthorized) || errors.Is(err, api.ErrPaymentRequired) ||
+		errors.Is(err, api.ErrForbidden) || errors.Is(err, api.ErrNotFound)
+}
+
+// request builds the add-runs body: each input with the upstream
+// processor, the engine run id in its metadata and no webhook (the engine
+// sends its own); a task spec shared by all goes once as the default.
+func (p *Parallel) request(jobs []*forwardJob) api.TaskGroupRunRequest {
+	req := api.TaskGroupRunRequest{Inputs: make([]api.TaskRunInput, len(jobs))}
+	var first []byte
+	shared := true
+	for i, fj := range jobs {
+		in := fj.job.Input
+		if p.opts.UpstreamProcessor != "" {
+			in.Processor = p.opts.UpstreamProcessor
+		}
+		in.Webhook = nil
+		md := make(api.Metadata, len(in.Metadata)+1)
+		for k, v := range in.Metadata {
+			md[k] = v
+		}
+		md[parallelRunKey] = fj.job.RunID
+		in.Metadata = md
+		req.Inputs[i] = in
+		if shared {
+			spec, _ := json.Marshal(in.TaskSpec)
+			if i == 0 {
+				first = spec
+			} else if string(spec) != string(first) {
+				shared = false
+			}
+		}
+	}
+	if shared && jobs[0].job.Input.TaskSpec != nil {
+		req.DefaultTaskSpec = jobs[0].job.Input.TaskSpec
+		for i := range req.Inputs {
+			req.Inputs[i].TaskSpec = nil
+		}
+	}
+	return req
+}
+
+// checkpointRuns saves each job's upstream run. A failure is logged: the
+// group checkpoint and the run's metadata still let a restart adopt it.
+func (p *Parallel) checkpointRuns(ug *upstreamGroup, jobs []*forwardJob, runIDs []string) {
+	for i, fj := range jobs {
+		cp, _ := json.Marshal(parallelCheckpoint{UpstreamGroup: ug.id, UpstreamRun: runIDs[i]})
+		if err := fj.r.Checkpoint(p.ctx, fj.job.RunID, cp); err != nil && p.ctx.Err() == nil {
+			p.log.Warn("checkpoint upstream run", "run_id", fj.job.RunID, "upstream_run", runIDs[i], "error", err)
+		}
+	}
+}
+
+// adoptWithRetry is adopt, repeated after failed reads. ok is false when
+// the processor closed or the jobs were failed (transient) instead.
+func (p *Parallel) adoptWithRetry(ug *upstreamGroup, jobs []*forwardJob, fromTail bool) (rest []*forwardJob, ok bool) {
+	var err error
+	for attempt := range parallelAttempts {
+		rest, err = p.adopt(ug, jobs, fromTail)
+		if err == nil {
+			return rest, true
+		}
+		if p.ctx.Err() != nil {
+			return nil, false
+		}
+		p.log.Warn("read upstream runs to adopt", "group", ug.id, "attempt", attempt+1, "error", err)
+		if !sleepCtx(p.ctx, backoff(time.Second, attempt)) {
+			return nil, false
+		}
+	}
+	p.failJobs(jobs, engine.Transient(fmt.Errorf("read upstream runs to adopt: %w", err), 0))
+	return nil, false
+}
+
+// adopt reads ug's runs stream once and takes over runs whose metadata
+// names one of jobs: they are checkpointed and completed, or followed
+// while active. It returns the jobs that have no upstream run. The read
+// starts at the beginning, or with fromTail (after a failed add of this
+// process) before the newest registered batch.
+func (p *Parallel) adopt(ug *upstreamGroup, jobs []*forwardJob, fromTail bool) ([]*forwardJob, error) {
+	want := make(map[string]*forwardJob, len(jobs))
+	for _, fj := range jobs {
+		want[fj.job.RunID] = fj
+	}
+	from := ""
+	if fromTail {
+		ug.mu.Lock()
+		from = ug.tail
+		ug.mu.Unlock()
+	}
+	err := p.client.GroupRuns(p.ctx, ug.id, api.GroupRunsQuery{LastEventID: from, IncludeOutput: true},
+		func(ev *api.TaskRunEvent) error {
+			tag, _ := ev.Run.Metadata[parallelRunKey].(string)
+			fj, ok := want[tag]
+			if !ok {
+				return nil
+			}
+			delete(want, tag)
+			cp, _ := json.Marshal(parallelCheckpoint{UpstreamGroup: ug.id, UpstreamRun: ev.Run.RunID})
+			if err := fj.r.Checkpoint(p.ctx, fj.job.RunID, cp); err != nil && p.ctx.Err() == nil {
+				p.log.Warn("checkpoint adopted run", "run_id", fj.job.RunID, "error", err)
+			}
+			if ev.Run.Status.Terminal() {
+				fj.r.Complete(fj.job.RunID, runOutcome(ug.id, ev))
+			} else {
+				ug.mu.Lock()
+				ug.reattach(fj, ev.Run.RunID)
+				if ug.signalled[ev.Run.RunID] == sigCheck {
+					ug.unsignal(ev.Run.RunID) // just seen active
+				}
+				p.followLocked(ug)
+				ug.mu.Unlock()
+			}
+			if len(want) == 0 {
+				return errReadDone
+			}
+			return nil
+		})
+	if err != nil && !errors.Is(err, errReadDone) {
+		return nil, err
+	}
+	rest := make([]*forwardJob, 0, len(want))
+	for _, fj := range jobs {
+		if _, ok := want[fj.job.RunID]; ok {
+			rest = append(rest, fj)
+		}
+	}
+	if adopted := len(jobs) - len(rest); adopted > 0 {
+		p.log.Info("adopted upstream runs", "group", ug.id, "runs", adopted)
+	}
+	return rest, nil
+}
+
+// failJobs completes jobs with err.
+func (p *Parallel) failJobs(jobs []*forwardJob, err error) {
+	for _, fj := range jobs {
+		fj.r.Complete(fj.job.RunID, engine.Outcome{Err: err})
+	}
+}
+
+// runOutcome turns a terminal upstream run into the job's outcome: the
+// output as the upstream gave it, or the upstream's error.
+func runOutcome(groupID string, ev *api.TaskRunEvent) engine.Outcome {
+	usage := map[string]any{"upstream_group": groupID, "upstream_run": ev.Run.RunID}
+	switch ev.Run.Status {
+	case api.StatusCompleted:
+		if ev.Output == nil {
+			return engine.Outcome{Usage: usage, Err: engine.Transient(
+				fmt.Errorf("upstream run %s completed without output", ev.Run.RunID), 0)}
+		}
+		return engine.Outcome{Output: ev.Output, Usage: usage}
+	case api.StatusFailed:
+		msg := "upstream run failed without a message"
+		if ev.Run.Error != nil && ev.Run.Error.Message != "" {
+			msg = ev.Run.Error.Message
+		}
+		return engine.Outcome{Usage: usage, Err: errors.New(msg)}
+	default:
+		return engine.Outcome{Usage: usage, Err: fmt.Errorf("upstream run %s was %s", ev.Run.RunID, ev.Run.Status)}
+	}
+}
+
+// parallelTimeouts is the attempt timeout of the processors mapped by
+// parallelDefaults: Parallel's slowest published latency with room for
+// queueing upstream.
+var parallelTimeouts = map[string]time.Duration{
+	"lite": time.Hour, "base": time.Hour, "core": time.Hour, "core2x": time.Hour,
+	"pro": 3 * time.Hour, "ultra": 3 * time.Hour, "ultra2x": 3 * time.Hour,
+	"ultra4x": 4 * time.Hour, "ultra8x": 6 * time.Hour,
+}
+
+// parallelDefaultConcurrency is how many runs a mapped processor keeps
+// upstream at once.
+const parallelDefaultConcurrency = 5000
+
+// addParallelDefaults maps Parallel's processor names (lite ... ultra8x and
+// their -fast variants) that the file does not define to the parallel
+// kind, priced from DefaultPrices, when PARALLEL_API_KEY is set. The base
+// URL comes from PARALLEL_BASE_URL or else from the file's first parallel
+// entry that reads PARALLEL_API_KEY; without one nothing is mapped, since
+// taskpipe never picks a remote host on its own.
+func addParallelDefaults(cfg fileConfig, backends map[string]engine.Backend, log *slog.Logger) error {
+	if os.Getenv(DefaultParallelKeyEnv) == "" {
+		return nil
+	}
+
+	// Find the base URL.
+	base := os.Getenv(DefaultParallelBaseURLEnv)
+	names := make([]string, 0, len(cfg.Processors))
+	for name := range cfg.Processors {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		pc := cfg.Processors[name]
+		if base != "" || pc.Kind != "parallel" {
+			continue
+		}
+		var o ParallelOptions
+		if DecodeOptions(pc.Options, &o) == nil &&
+			(o.APIKeyEnv == "" || o.APIKeyEnv == DefaultParallelKeyEnv) {
+			base = o.BaseURL
+		}
+	}
+	if base == "" {
+		log.Info("PARALLEL_API_KEY is set but no base URL is configured; Parallel's processor names are not mapped",
+			"hint", "set "+DefaultParallelBaseURLEnv+"=https://api.parallel.ai")
+		return nil
+	}
+
+	// Map every name the file leaves out.
+	var errs []error
+	for name, price := range DefaultPrices {
+		if _, ok := cfg.Processors[name]; ok {
+			continue
+		}
+		p, err := NewParallel(ParallelOptions{BaseURL: base, UpstreamProcessor: name},
+			log.With("processor", name))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", DefaultParallelBaseURLEnv, err))
+			break
+		}
+		timeout := parallelTimeouts[strings.TrimSuffix(name, "-fast")]
+		backends[name] = engine.Backend{
+			Processor:   p,
+			Concurrency: parallelDefaultConcurrency,
+			Timeout:     timeout,
+			MaxAttempts: DefaultMaxAttempts,
+			PricePerRun: price,
+		}
+	}
+	return errors.Join(errs...)
+}

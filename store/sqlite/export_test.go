@@ -14,3 +14,20 @@ func (s *Store) Pragmas(ctx context.Context) (mode string, version int, err erro
 	err = s.rdb.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version)
 	return mode, version, err
 }
+
+// Remembered returns how many claimed runs the store remembers.
+func (s *Store) Remembered() int {
+	s.writeSlot <- struct{}{}
+	defer func() { <-s.writeSlot }()
+	return len(s.active.m)
+}
+
+// Checkpoint runs a checkpoint cycle, then truncates the WAL, as the
+// background loop does; it reports whether the truncation happened.
+func (s *Store) Checkpoint() bool {
+	s.ckpt.cycle()
+	return s.ckpt.truncate()
+}
+
+// WALSize returns the size of the WAL file.
+func (s *Store) WALSize() int64 { return s.ckpt.walSize() }

@@ -12,6 +12,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
@@ -41,6 +42,9 @@ type Store struct {
 	specs  specCache
 	active activeRuns // guarded by writeSlot
 
+	ckpt        *checkpointer
+	busyTimeout time.Duration
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -49,9 +53,11 @@ type Store struct {
 type Option func(*config)
 
 type config struct {
-	readConns   int
-	busyTimeout time.Duration
-	cacheKiB    int
+	readConns       int
+	busyTimeout     time.Duration
+	cacheKiB        int
+	checkpointEvery time.Duration
+	log             *slog.Logger
 }
 
 // WithReadConns sets how many read connections the pool keeps (default 4).
@@ -84,11 +90,34 @@ func WithCacheSize(kib int) Option {
 	}
 }
 
+// WithCheckpointInterval sets how often the WAL is copied back into the
+// database file in the background while the store is written (default
+// 500 ms); after a whole interval without writes the WAL is truncated.
+func WithCheckpointInterval(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.checkpointEvery = d
+		}
+	}
+}
+
+// WithLogger sets where the store reports background trouble, such as a
+// failed checkpoint (default: nowhere).
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l != nil {
+			c.log = l
+		}
+	}
+}
+
 // Open opens (creating if needed) the store in the SQLite file at path,
 // switches it to WAL mode and brings its schema up to date. Close releases
 // it; the file can be opened again afterwards, by this or another process.
 func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
-	cfg := config{readConns: 4, busyTimeout: 5 * time.Second, cacheKiB: 64 << 10}
+	cfg := config{readConns: 4, busyTimeout: 5 * time.Second, cacheKiB: 64 << 10,
+		checkpointEvery: 500 * time.Millisecond,
+		log:             slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -98,7 +127,8 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 
 	// Open the write connection first: it sets WAL mode and the schema.
 	s := &Store{path: path, writeSlot: make(chan struct{}, 1),
-		closed: make(chan struct{}), wstmts: map[string]*sql.Stmt{}}
+		closed: make(chan struct{}), wstmts: map[string]*sql.Stmt{},
+		busyTimeout: cfg.busyTimeout}
 	s.specs.init(4096)
 	s.active.reset()
 	var err error
@@ -133,6 +163,12 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+
+	// Last, the background checkpoints that keep the WAL short.
+	if err := s.startCheckpointer(ctx, cfg); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	return s, nil
 }
 
@@ -148,8 +184,13 @@ func dsn(path string, cfg config, readOnly bool) string {
 		q.Add("_pragma", "query_only(1)")
 	} else {
 		q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", cfg.cacheKiB))
+		// WAL mode with synchronous NORMAL keeps every committed
+		// transaction across a crash of the process (not of the machine).
+		// The checkpointer, not each commit, copies the WAL back.
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(NORMAL)")
+		q.Add("_pragma", "wal_autocheckpoint(0)")
+		q.Add("_pragma", fmt.Sprintf("journal_size_limit(%d)", walSizeLimit))
 	}
 	return path + "?" + q.Encode()
 }
@@ -157,13 +198,24 @@ func dsn(path string, cfg config, readOnly bool) string {
 // Path returns the database file the store was opened on.
 func (s *Store) Path() string { return s.path }
 
-// Close waits for the running write transaction, then closes every
-// connection. Calling it again returns the first result.
+// Close stops the background checkpoints, waits for the running write
+// transaction, truncates the WAL when no one else uses it, then closes
+// every connection. Calling it again returns the first result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
-		s.writeSlot <- struct{}{}
 		var errs []error
+		if s.ckpt != nil {
+			errs = append(errs, s.ckpt.close())
+		}
+		s.writeSlot <- struct{}{}
+		if s.ckpt != nil {
+			// Another process may still read the WAL; it is then left for
+			// the last connection to close.
+			if err := s.checkpointWrite(context.Background(), "TRUNCATE", truncateWait); err != nil {
+				s.ckpt.log.Debug("checkpoint wal on close", "error", err)
+			}
+		}
 		for _, st := range s.wstmts {
 			errs = append(errs, st.Close())
 		}

@@ -64,6 +64,9 @@ func (s *Store) write(ctx context.Context, fn func(tx *wtx) error) (err error) {
 		_, _ = s.w.ExecContext(quiet, "ROLLBACK")
 		return fmt.Errorf("commit: %w", err)
 	}
+	if s.ckpt != nil {
+		s.ckpt.committed()
+	}
 	return nil
 }
 

@@ -308,7 +308,9 @@ func (p *Parallel) follow(ug *upstreamGroup) {
 }
 
 // readLoop reads outputs whenever runs are signalled, gathering signals for
-// FlushInterval first so that one read serves many completions.
+// FlushInterval first so that one read serves many completions. Once no
+// signal is left, runs still pending are active upstream, and the loop
+// reopens the events stream for them if it had ended.
 func (p *Parallel) readLoop(ug *upstreamGroup) {
 	stalls := 0
 	for {
@@ -331,14 +333,15 @@ func (p *Parallel) readLoop(ug *upstreamGroup) {
 		// Exit when idle; read again (backing off if stuck) when signals
 		// remain.
 		ug.mu.Lock()
-		if len(ug.pending) > 0 && !ug.following {
-			ug.following = p.goStart(func() { p.follow(ug) })
-		}
 		if len(ug.signalled) == 0 {
 			if len(ug.pending) == 0 {
 				ug.reading = false
 				ug.mu.Unlock()
 				return
+			}
+			// What is left is active upstream: make sure it is followed.
+			if !ug.following {
+				ug.following = p.goStart(func() { p.follow(ug) })
 			}
 			ug.mu.Unlock()
 			continue

@@ -133,7 +133,9 @@ func Load(path string, log *slog.Logger) (map[string]engine.Backend, error) {
 // Parse decodes a processor file strictly, validates all of it (reporting
 // every problem at once, each naming its field, such as
 // "processors.fast.concurrency: must be > 0") and builds the processors. On
-// error, processors already built are closed.
+// error, processors already built are closed. When PARALLEL_API_KEY is set,
+// Parallel's processor names the file leaves out are added (see
+// addParallelDefaults).
 func Parse(data []byte, log *slog.Logger) (map[string]engine.Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

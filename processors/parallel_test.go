@@ -126,6 +126,10 @@ type proxy struct {
 	target string
 	url    string
 
+	// poison, when set, makes every add whose body contains it fail with
+	// a 422, as an upstream rejecting one bad input would.
+	poison string
+
 	mu     sync.Mutex
 	faults map[string][]fault
 	used   map[string]int
@@ -189,8 +193,15 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// Forward.
+	// Reject poisoned adds, or forward.
 	body, _ := io.ReadAll(r.Body)
+	p.mu.Lock()
+	poison := p.poison
+	p.mu.Unlock()
+	if poison != "" && ep == "add" && bytes.Contains(body, []byte(poison)) {
+		writeFault(w, fault{status: http.StatusUnprocessableEntity, message: "input rejected: " + poison})
+		return
+	}
 	out, _ := http.NewRequestWithContext(r.Context(), r.Method, p.target+r.URL.RequestURI(), bytes.NewReader(body))
 	out.Header = r.Header.Clone()
 	resp, err := http.DefaultClient.Do(out)
@@ -484,7 +495,7 @@ func TestParallel_SurvivesRateLimitsErrorsAndDrops(t *testing.T) {
 	px.inject("add",
 		fault{status: http.StatusTooManyRequests, retryAfter: "1"},
 		fault{},
-		fault{status: http.StatusInternalServerError},               // upstream did not act
+		fault{status: http.StatusInternalServerError},                // upstream did not act
 		fault{status: http.StatusInternalServerError, forward: true}, // upstream acted, reply lost
 		fault{status: http.StatusTooManyRequests, retryAfter: "1"},
 		fault{status: http.StatusBadGateway, forward: true},
@@ -567,6 +578,58 @@ func TestParallel_FailedUpstreamRunFailsJob(t *testing.T) {
 		if r.Status != api.StatusFailed || r.Error == nil || r.Error.Message != u.Error.Message {
 			t.Errorf("run %s: %s %+v, want failed with the upstream's %q", id, r.Status, r.Error, u.Error.Message)
 		}
+	}
+}
+
+func TestParallel_RejectedInputFailsAlone(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, SyntheticOptions{})
+	px := startProxy(t, up.url)
+	px.mu.Lock()
+	px.poison = "Company 17"
+	px.mu.Unlock()
+	d := startDownstream(t, filepath.Join(t.TempDir(), "down.db"), ParallelOptions{BaseURL: px.url})
+	gid, ids := submit(t, d.eng, 40)
+	down := finished(t, d.eng, gid)
+	for i, id := range ids {
+		r := down[id].Run
+		switch {
+		case i == 17 && (r.Status != api.StatusFailed || r.Error == nil ||
+			r.Error.Message != "input rejected: Company 17"):
+			t.Errorf("poisoned run: %s %+v, want failed with the upstream's message", r.Status, r.Error)
+		case i != 17 && r.Status != api.StatusCompleted:
+			t.Errorf("run %d: %s %+v, want completed", i, r.Status, r.Error)
+		}
+	}
+	if adds := d.par.RequestCounts()[addEndpoint]; adds < 2 {
+		t.Errorf("%d add calls, want the rejected call bisected", adds)
+	}
+}
+
+func TestParallel_RunsOutsideAGroup(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, SyntheticOptions{})
+	px := startProxy(t, up.url)
+	d := startDownstream(t, filepath.Join(t.TempDir(), "down.db"), ParallelOptions{BaseURL: px.url})
+	ctx := context.Background()
+	for i := range 3 {
+		run, err := d.eng.CreateRun(ctx, api.TaskRunInput{
+			Input:     json.RawMessage(`{"company":"Solo ` + strconv.Itoa(i) + `"}`),
+			Processor: "core", TaskSpec: parallelSpec,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := d.eng.GetRunResult(ctx, run.RunID, time.Minute)
+		if err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+		if len(res.Output.Basis) == 0 || res.Output.Basis[0].Reasoning != SyntheticReasoning {
+			t.Errorf("run %d: basis %+v, want the upstream's synthetic basis", i, res.Output.Basis)
+		}
+	}
+	if _, _, groups := px.snapshot(); len(groups) != 1 {
+		t.Errorf("upstream groups %v, want one shared by the runs outside any group", groups)
 	}
 }
 
@@ -658,4 +721,3 @@ processors:
 		t.Errorf("pro: %T, want parallel at the file's base URL", b["pro"].Processor)
 	}
 }
-

@@ -10,6 +10,9 @@ import (
 	"github.com/taskpipe/taskpipe/sinks"
 )
 
+// writeBatch is the most finished runs written to the sinks at once.
+const writeBatch = 4000
+
 // errScanDone ends a runs scan early.
 var errScanDone = errors.New("scan done")
 
@@ -244,7 +247,7 @@ func (f *follower) scan(ctx context.Context, full bool) error {
 			} else {
 				prefix = false
 			}
-			if len(buf) >= DefaultChunkSize {
+			if len(buf) >= writeBatch {
 				if err := f.write(ctx, buf); err != nil {
 					return err
 				}

@@ -75,7 +75,7 @@ func (h *harness) run(ctx context.Context, change func(*pipeline.Options)) (pipe
 	}
 	target, err := pipeline.OpenTarget(ctx, specs.Target{Engine: specs.EngineEmbedded},
 		pipeline.TargetOptions{StateDir: filepath.Join(h.dir, "state"),
-			Backends: map[string]engine.Backend{"synthetic": {Processor: synth, Concurrency: 512}}})
+			Backends: map[string]engine.Backend{"synthetic": {Processor: synth, Concurrency: 20000}}})
 	if err != nil {
 		h.t.Fatal(err)
 	}

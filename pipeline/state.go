@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -226,66 +227,80 @@ func (s *stateStore) setCursors(ctx context.Context, target, runCursor, eventCur
 
 // rows returns the state of the given keys.
 func (s *stateStore) rows(ctx context.Context, keys []string) (map[string]rowState, error) {
-	out := make(map[string]rowState, len(keys))
-	for start := 0; start < len(keys); start += 500 {
-		part := keys[start:min(start+500, len(keys))]
-		args := make([]any, len(part))
-		for i, k := range part {
-			args[i] = k
-		}
-		rs, err := s.db.QueryContext(ctx, `
-			SELECT `+rowColumns+` FROM rows WHERE key IN (`+placeholders(len(part))+`)`, args...)
-		if err != nil {
-			return nil, fmt.Errorf("load row states: %w", err)
-		}
-		for rs.Next() {
-			r, err := scanRow(rs)
-			if err != nil {
-				rs.Close()
-				return nil, fmt.Errorf("load row states: %w", err)
-			}
-			out[r.Key] = r
-		}
-		rs.Close()
-		if err := rs.Err(); err != nil {
-			return nil, fmt.Errorf("load row states: %w", err)
-		}
+	out, err := s.lookup(ctx, "key", keys)
+	if err != nil {
+		return nil, fmt.Errorf("load row states: %w", err)
 	}
-	return out, nil
+	byKey := make(map[string]rowState, len(out))
+	for _, r := range out {
+		byKey[r.Key] = r
+	}
+	return byKey, nil
 }
 
-// putRows stores row states in one transaction.
+// lookup returns the rows whose column (key or run_id) is one of values,
+// in one statement: the values travel as one JSON array.
+func (s *stateStore) lookup(ctx context.Context, column string, values []string) ([]rowState, error) {
+	if len(values) == 0 {
+		return nil, nil
+	}
+	list, err := json.Marshal(values)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := s.db.QueryContext(ctx, `SELECT `+rowColumns+` FROM rows
+		WHERE `+column+` IN (SELECT value FROM json_each(?))`, string(list))
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []rowState
+	for rs.Next() {
+		r, err := scanRow(rs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// putRows stores row states in one statement (one transaction).
 func (s *stateStore) putRows(ctx context.Context, rows []rowState) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	type jsonRow struct {
+		K  string `json:"k"`
+		V  string `json:"v"`
+		F  string `json:"f"`
+		S  string `json:"s"`
+		G  string `json:"g"`
+		R  string `json:"r"`
+		St string `json:"t"`
+		P  int64  `json:"p"`
+	}
+	list := make([]jsonRow, len(rows))
+	for i, r := range rows {
+		list[i] = jsonRow{r.Key, r.KeyValues, r.Fingerprint, r.SpecHash, r.GroupID, r.RunID,
+			r.Status, r.Pass}
+	}
+	data, err := json.Marshal(list)
 	if err != nil {
 		return fmt.Errorf("store row states: %w", err)
 	}
-	defer tx.Rollback()
-	st, err := tx.PrepareContext(ctx, `
+	_, err = s.db.ExecContext(ctx, `
 		INSERT INTO rows (key, key_values, fingerprint, spec_hash, group_id, run_id, status,
 			pass, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		SELECT j.value->>'k', j.value->>'v', j.value->>'f', j.value->>'s', j.value->>'g',
+			j.value->>'r', j.value->>'t', j.value->>'p', ?
+		FROM json_each(?) AS j WHERE true
 		ON CONFLICT (key) DO UPDATE SET key_values = excluded.key_values,
-			fingerprint = excluded.fingerprint,
-			spec_hash = excluded.spec_hash, group_id = excluded.group_id,
-			run_id = excluded.run_id, status = excluded.status, pass = excluded.pass,
-			updated_at = excluded.updated_at`)
+			fingerprint = excluded.fingerprint, spec_hash = excluded.spec_hash,
+			group_id = excluded.group_id, run_id = excluded.run_id, status = excluded.status,
+			pass = excluded.pass, updated_at = excluded.updated_at`, now(), string(data))
 	if err != nil {
-		return fmt.Errorf("store row states: %w", err)
-	}
-	defer st.Close()
-	at := now()
-	for _, r := range rows {
-		if _, err := st.ExecContext(ctx, r.Key, r.KeyValues, r.Fingerprint, r.SpecHash, r.GroupID, r.RunID,
-			r.Status, r.Pass, at); err != nil {
-			return fmt.Errorf("store row state %q: %w", r.Key, err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("store row states: %w", err)
+		return fmt.Errorf("store %d row states: %w", len(rows), err)
 	}
 	return nil
 }
@@ -298,30 +313,43 @@ func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass in
 	if len(runs) == 0 {
 		return 0, nil
 	}
+	// One statement per status, each finding its rows through the run_id
+	// index.
+	byStatus := map[string][]string{}
+	for runID, status := range runs {
+		byStatus[status] = append(byStatus[status], runID)
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("settle rows: %w", err)
 	}
 	defer tx.Rollback()
-	st, err := tx.PrepareContext(ctx, `UPDATE rows SET status = ?, updated_at = ?
-		WHERE run_id = ? AND status = ? RETURNING pass`)
-	if err != nil {
-		return 0, fmt.Errorf("settle rows: %w", err)
-	}
-	defer st.Close()
 	at := now()
 	var inPass int64
-	for runID, status := range runs {
-		var p int64
-		err := st.QueryRowContext(ctx, status, at, runID, stateSubmitted).Scan(&p)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue
-		}
+	for status, ids := range byStatus {
+		list, err := json.Marshal(ids)
 		if err != nil {
-			return 0, fmt.Errorf("settle run %s: %w", runID, err)
+			return 0, fmt.Errorf("settle rows: %w", err)
 		}
-		if p == pass {
-			inPass++
+		rs, err := tx.QueryContext(ctx, `UPDATE rows SET status = ?, updated_at = ?
+			WHERE run_id IN (SELECT value FROM json_each(?)) AND status = ?
+			RETURNING pass`, status, at, string(list), stateSubmitted)
+		if err != nil {
+			return 0, fmt.Errorf("settle rows: %w", err)
+		}
+		for rs.Next() {
+			var p int64
+			if err := rs.Scan(&p); err != nil {
+				rs.Close()
+				return 0, fmt.Errorf("settle rows: %w", err)
+			}
+			if p == pass {
+				inPass++
+			}
+		}
+		rs.Close()
+		if err := rs.Err(); err != nil {
+			return 0, fmt.Errorf("settle rows: %w", err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -332,32 +360,15 @@ func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass in
 
 // byRunIDs returns the rows served by the given runs, keyed by run id.
 func (s *stateStore) byRunIDs(ctx context.Context, ids []string) (map[string]rowState, error) {
-	out := make(map[string]rowState, len(ids))
-	for start := 0; start < len(ids); start += 500 {
-		part := ids[start:min(start+500, len(ids))]
-		args := make([]any, len(part))
-		for i, id := range part {
-			args[i] = id
-		}
-		rs, err := s.db.QueryContext(ctx, `SELECT `+rowColumns+` FROM rows
-			WHERE run_id IN (`+placeholders(len(part))+`)`, args...)
-		if err != nil {
-			return nil, fmt.Errorf("load rows by run: %w", err)
-		}
-		for rs.Next() {
-			r, err := scanRow(rs)
-			if err != nil {
-				rs.Close()
-				return nil, fmt.Errorf("load rows by run: %w", err)
-			}
-			out[r.RunID] = r
-		}
-		rs.Close()
-		if err := rs.Err(); err != nil {
-			return nil, fmt.Errorf("load rows by run: %w", err)
-		}
+	out, err := s.lookup(ctx, "run_id", ids)
+	if err != nil {
+		return nil, fmt.Errorf("load rows by run: %w", err)
 	}
-	return out, nil
+	byRun := make(map[string]rowState, len(out))
+	for _, r := range out {
+		byRun[r.RunID] = r
+	}
+	return byRun, nil
 }
 
 // deleteRows forgets rows (a submission that never reached the group).

@@ -72,6 +72,10 @@ const (
 	// parallelEarlyCap bounds the remembered completions of runs not (yet)
 	// registered; see upstreamGroup.early.
 	parallelEarlyCap = 100_000
+	// parallelForgetAfter is how long an engine group with nothing queued
+	// or pending upstream is remembered. Runs added to it later go to a
+	// new upstream group.
+	parallelForgetAfter = 10 * time.Minute
 )
 
 // errReadDone stops a runs stream early once it gave what was wanted.
@@ -105,8 +109,8 @@ type Parallel struct {
 	life   sync.Mutex
 	closed bool
 
-	// mu guards locals and upstreams; it is never held while taking an
-	// upstreamGroup's lock.
+	// mu guards locals and upstreams. It may be held while taking an
+	// upstreamGroup's lock, never the other way round.
 	mu        sync.Mutex
 	locals    map[string]*localGroup
 	upstreams map[string]*upstreamGroup
@@ -137,6 +141,9 @@ type localGroup struct {
 	// life may have added them.
 	adopt []*forwardJob
 	busy  bool
+	// idleSince is when the group last had nothing to add (zero while it
+	// has work); idle groups are forgotten after parallelForgetAfter.
+	idleSince time.Time
 }
 
 // parallelCheckpoint is what a job saves through Reporter.Checkpoint.
@@ -396,10 +403,19 @@ func (p *Parallel) dispatchAdds(now time.Time) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var next time.Duration
-	for _, lg := range p.locals {
-		if lg.busy || (len(lg.queue) == 0 && len(lg.adopt) == 0) {
+	for key, lg := range p.locals {
+		if lg.busy {
 			continue
 		}
+		if len(lg.queue) == 0 && len(lg.adopt) == 0 {
+			if lg.idleSince.IsZero() {
+				lg.idleSince = now
+			} else if now.Sub(lg.idleSince) > parallelForgetAfter && p.forgetLocked(lg) {
+				delete(p.locals, key)
+			}
+			continue
+		}
+		lg.idleSince = time.Time{}
 		oldest := now
 		for _, fj := range slices.Concat(lg.queue, lg.adopt) {
 			if fj.queued.Before(oldest) {
@@ -430,6 +446,22 @@ func (p *Parallel) dispatchAdds(now time.Time) time.Duration {
 		}
 	}
 	return next
+}
+
+// forgetLocked drops an idle engine group's upstream group when nothing
+// is pending there, and reports whether it did (or had none); p.mu is held.
+func (p *Parallel) forgetLocked(lg *localGroup) bool {
+	ug := lg.upstream
+	if ug == nil {
+		return true
+	}
+	ug.mu.Lock()
+	idle := len(ug.pending) == 0 && !ug.following && !ug.reading
+	ug.mu.Unlock()
+	if idle {
+		delete(p.upstreams, ug.id)
+	}
+	return idle
 }
 
 // work adopts what a previous life added, then adds the rest of the jobs

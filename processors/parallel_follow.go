@@ -293,6 +293,7 @@ func (p *Parallel) follow(ug *upstreamGroup) {
 				lost = append(lost, ug.resolve(id))
 			}
 			ug.following = false
+			p.wakeReaderLocked(ug) // so that it sees nothing pending and exits
 		}
 		following := ug.following
 		ug.mu.Unlock()

@@ -606,6 +606,21 @@ func TestParallel_RejectedInputFailsAlone(t *testing.T) {
 	}
 }
 
+func TestParallel_RefusedEventsStreamFailsPendingRuns(t *testing.T) {
+	t.Parallel()
+	up := startUpstream(t, SyntheticOptions{})
+	px := startProxy(t, up.url)
+	px.inject("events", fault{status: http.StatusNotFound, message: "TaskGroup not found"})
+	d := startDownstream(t, filepath.Join(t.TempDir(), "down.db"), ParallelOptions{BaseURL: px.url})
+	gid, ids := submit(t, d.eng, 10)
+	down := finished(t, d.eng, gid)
+	for _, id := range ids {
+		if r := down[id].Run; r.Status != api.StatusFailed || r.Error == nil || r.Error.Message != "TaskGroup not found" {
+			t.Errorf("run %s: %s %+v, want failed with the upstream's 404 message", id, r.Status, r.Error)
+		}
+	}
+}
+
 func TestParallel_RunsOutsideAGroup(t *testing.T) {
 	t.Parallel()
 	up := startUpstream(t, SyntheticOptions{})

@@ -177,3 +177,37 @@ func BenchmarkLifecycle1000(b *testing.B) {
 	}
 	report(b, cpu0, "run", 1000)
 }
+
+// BenchmarkFinishRuns1000 finishes 1,000 claimed runs in batches of 100,
+// reporting the CPU of FinishRuns alone.
+func BenchmarkFinishRuns1000(b *testing.B) {
+	s := benchStore(b)
+	ctx := context.Background()
+	batch := 0
+	var cpu time.Duration
+	for b.Loop() {
+		add(b, s, batch)
+		batch++
+		for done := 0; done < 1000; {
+			now := time.Now()
+			runs, err := s.ClaimRuns(ctx, store.Claim{Processor: "lite", Node: "n1", Limit: 100,
+				Now: now, LeaseUntil: now.Add(time.Minute)})
+			if err != nil || len(runs) == 0 {
+				b.Fatalf("claim: %d runs, %v", len(runs), err)
+			}
+			fs := make([]store.Finish, len(runs))
+			for i, r := range runs {
+				fs[i] = store.Finish{RunID: r.ID, Node: "n1", Status: api.StatusCompleted,
+					Output: benchOutput, At: now}
+			}
+			cpu0 := cpuTime()
+			res, err := s.FinishRuns(ctx, fs)
+			cpu += cpuTime() - cpu0
+			if err != nil || len(res.Applied) != len(fs) {
+				b.Fatalf("finish: %d applied, %v", len(res.Applied), err)
+			}
+			done += len(runs)
+		}
+	}
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N*1000), "finish-cpu-µs/run")
+}

@@ -5,18 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/taskpipe/taskpipe/store"
-)
-
-// finishSet and finishWhere apply one finish if the run is active and, for
-// a non-empty node, still leased to it.
-const (
-	finishSet = `UPDATE runs SET prev_status = status, status = ?1, error = ?2, cached = ?3,
-	modified_at = ?4, finished_at = ?4, lease_owner = '', lease_until = 0 `
-	finishWhere = `WHERE id = ?5 AND status IN ('queued', 'running', 'cancelling')
-	AND (?6 = '' OR lease_owner = ?6)`
 )
 
 // FinishRuns records terminal outcomes in one transaction. A finish whose
@@ -39,8 +31,8 @@ func (s *Store) FinishRuns(ctx context.Context, fs []store.Finish) (store.Finish
 	err := s.write(ctx, func(tx *wtx) error {
 		res = store.FinishResult{}
 
-		// Apply each finish that still may be, with its output and webhook.
-		changes := make([]change, 0, len(fs))
+		// Settle each finish's time and drop repeats.
+		pending := make([]pendingFinish, 0, len(fs))
 		seen := make(map[string]bool, len(fs))
 		for i := range fs {
 			f := &fs[i]
@@ -52,16 +44,36 @@ func (s *Store) FinishRuns(ctx context.Context, fs []store.Finish) (store.Finish
 			if at.IsZero() {
 				at = now
 			}
-			c, ok, err := tx.finish(f, at)
-			if err != nil {
-				return fmt.Errorf("finish run %s: %w", f.RunID, err)
-			}
-			if !ok {
+			pending = append(pending, pendingFinish{f: f, at: micros(at)})
+		}
+
+		// Apply them: remembered runs together, the others one by one.
+		if err := tx.finishRemembered(pending); err != nil {
+			return err
+		}
+		for i := range pending {
+			if pending[i].done {
 				continue
 			}
-			changes = append(changes, c)
-			if f.Webhook != nil {
-				if err := tx.queueDelivery(*f.Webhook, f.RunID, at); err != nil {
+			if err := tx.finishOne(&pending[i]); err != nil {
+				return fmt.Errorf("finish run %s: %w", pending[i].f.RunID, err)
+			}
+		}
+
+		// Store the outputs and webhooks of the applied ones.
+		changes := make([]change, 0, len(pending))
+		for i := range pending {
+			if pending[i].applied {
+				changes = append(changes, pending[i].change)
+			}
+		}
+		if err := tx.storeOutputs(pending); err != nil {
+			return err
+		}
+		for i := range pending {
+			p := &pending[i]
+			if p.applied && p.f.Webhook != nil {
+				if err := tx.queueDelivery(*p.f.Webhook, p.f.RunID, fromMicros(p.at)); err != nil {
 					return err
 				}
 			}
@@ -82,59 +94,171 @@ func (s *Store) FinishRuns(ctx context.Context, fs []store.Finish) (store.Finish
 	return res, nil
 }
 
-// finish applies one finish and reports the change, or false when it was
-// skipped. A run this store claimed is finished without reading its row.
-//
-// TODO(perf): claim plus finish still costs ~33 µs of CPU per run (one
-// UPDATE, one output INSERT and one event INSERT per run, each ~4-9 µs in
-// modernc.org/sqlite); the engine target wants the store several times
-// under 50 µs for the whole life of a run. Next steps: multi-row INSERTs
-// for run_outputs and events, and fewer RETURNING columns in ClaimRuns.
-func (tx *wtx) finish(f *store.Finish, at time.Time) (change, bool, error) {
-	var c change
-	args := []any{string(f.Status), blob(f.Error), f.Cached, micros(at), f.RunID, f.Node}
-	if a, ok := tx.s.active.m[f.RunID]; ok {
-		// Known run: check the lease here, then let the WHERE clause confirm.
-		if f.Node != "" && a.run.LeaseOwner != f.Node {
-			return change{}, false, nil
+// pendingFinish is one finish of a FinishRuns call on its way.
+type pendingFinish struct {
+	f       *store.Finish
+	at      int64 // micros
+	done    bool  // decided: applied or skipped
+	applied bool
+	change  change
+}
+
+// apply records that p was applied to the run c describes, as it was
+// before, and makes c.run what it is now.
+func (p *pendingFinish) apply(c change) {
+	f := p.f
+	r := &c.run
+	r.Status, r.Error, r.Output, r.Usage, r.Cached = f.Status, rawJSON(f.Error), rawJSON(f.Output),
+		rawJSON(f.Usage), f.Cached
+	r.ModifiedAt, r.FinishedAt = fromMicros(p.at), fromMicros(p.at)
+	r.LeaseOwner, r.LeaseUntil = "", time.Time{}
+	p.done, p.applied, p.change = true, true, c
+}
+
+// finishChunk is how many remembered runs one UPDATE finishes; 6 values
+// each.
+const finishChunk = 128
+
+// finishRemembered applies, without reading their rows, the finishes of
+// runs this store claimed and still remembers, several per statement.
+// Finishes whose node does not hold the remembered lease are skipped. The
+// database stays the authority: should a statement change fewer rows than
+// expected, it is undone and its finishes are left to finishOne.
+func (tx *wtx) finishRemembered(pending []pendingFinish) error {
+	// Pick the remembered runs, skipping finishes by the wrong node.
+	batch := make([]int, 0, len(pending))
+	for i := range pending {
+		p := &pending[i]
+		a, ok := tx.s.active.m[p.f.RunID]
+		if !ok {
+			continue
 		}
-		args[4] = a.ord
-		n, err := tx.exec(finishSet+`WHERE ord = ?5 AND status IN ('running', 'cancelling')
-			AND (?6 = '' OR lease_owner = ?6)`, args...)
-		if err != nil {
-			return change{}, false, err
+		if p.f.Node != "" && a.run.LeaseOwner != p.f.Node {
+			p.done = true
+			continue
 		}
-		if n == 0 {
-			return change{}, false, nil
-		}
-		delete(tx.s.active.m, f.RunID)
-		c = change{ord: a.ord, run: a.run, prev: a.run.Status}
-	} else {
-		// Unknown run: read it back from the update.
-		rows, err := tx.query(finishSet+finishWhere+` RETURNING ord, prev_status, `+
-			returningRunCols, args...)
-		if err != nil {
-			return change{}, false, err
-		}
-		applied, err := scanChanges(rows, 1)
-		if err != nil || len(applied) == 0 {
-			return change{}, false, err
-		}
-		c = applied[0]
+		batch = append(batch, i)
 	}
 
-	// Store the output apart and report the run as it is now.
-	if len(f.Output) > 0 || len(f.Usage) > 0 {
-		if _, err := tx.exec(`INSERT OR REPLACE INTO run_outputs (ord, output, usage)
-			VALUES (?, ?, ?)`, c.ord, blob(f.Output), blob(f.Usage)); err != nil {
-			return change{}, false, fmt.Errorf("store output: %w", err)
+	// Update them a chunk at a time, inside a savepoint.
+	for len(batch) > 0 {
+		chunk := batch[:min(finishChunk, len(batch))]
+		batch = batch[len(chunk):]
+		args := make([]any, 0, 6*len(chunk))
+		for _, i := range chunk {
+			p := &pending[i]
+			args = append(args, tx.s.active.m[p.f.RunID].ord, string(p.f.Status), blob(p.f.Error),
+				p.f.Cached, p.at, p.f.Node)
+		}
+		if _, err := tx.exec(`SAVEPOINT finish`); err != nil {
+			return err
+		}
+		n, err := tx.exec(finishBatchSQL(len(chunk)), args...)
+		if err != nil {
+			return err
+		}
+		if n != int64(len(chunk)) {
+			if _, err := tx.exec(`ROLLBACK TO finish`); err != nil {
+				return err
+			}
+			for _, i := range chunk {
+				delete(tx.s.active.m, pending[i].f.RunID)
+			}
+		} else {
+			for _, i := range chunk {
+				p := &pending[i]
+				a := tx.s.active.m[p.f.RunID]
+				delete(tx.s.active.m, p.f.RunID)
+				p.apply(change{ord: a.ord, run: a.run, prev: a.run.Status})
+			}
+		}
+		if _, err := tx.exec(`RELEASE finish`); err != nil {
+			return err
 		}
 	}
-	r := &c.run
-	r.Status, r.Error, r.Output, r.Usage, r.Cached = f.Status, f.Error, f.Output, f.Usage, f.Cached
-	r.ModifiedAt, r.FinishedAt = fromMicros(micros(at)), fromMicros(micros(at))
-	r.LeaseOwner, r.LeaseUntil = "", time.Time{}
-	return c, true, nil
+	return nil
+}
+
+// finishBatchSQL returns the UPDATE finishing n remembered runs, each given
+// as (ord, status, error, cached, at, node).
+func finishBatchSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(`UPDATE runs SET prev_status = status, status = v.column2, error = v.column3,
+	cached = v.column4, modified_at = v.column5, finished_at = v.column5, lease_owner = '',
+	lease_until = 0 FROM (VALUES `)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?)")
+	}
+	b.WriteString(`) AS v WHERE runs.ord = v.column1 AND runs.status IN ('running', 'cancelling')
+	AND (v.column6 = '' OR runs.lease_owner = v.column6)`)
+	return b.String()
+}
+
+// finishOne applies one finish of a run this store does not remember,
+// reading the run back from the update.
+func (tx *wtx) finishOne(p *pendingFinish) error {
+	f := p.f
+	p.done = true
+	rows, err := tx.query(`UPDATE runs SET prev_status = status, status = ?1, error = ?2,
+		cached = ?3, modified_at = ?4, finished_at = ?4, lease_owner = '', lease_until = 0
+		WHERE id = ?5 AND status IN ('queued', 'running', 'cancelling')
+		AND (?6 = '' OR lease_owner = ?6) RETURNING ord, prev_status, `+returningRunCols,
+		string(f.Status), blob(f.Error), f.Cached, p.at, f.RunID, f.Node)
+	if err != nil {
+		return err
+	}
+	applied, err := scanChanges(rows, 1)
+	if err != nil || len(applied) == 0 {
+		return err
+	}
+	p.apply(applied[0])
+	return nil
+}
+
+// storeOutputs stores the outputs of the applied finishes, apart from their
+// runs, several per statement.
+func (tx *wtx) storeOutputs(pending []pendingFinish) error {
+	args := make([]any, 0, 3*insertChunk)
+	flush := func() error {
+		if len(args) == 0 {
+			return nil
+		}
+		_, err := tx.exec(outputsSQL(len(args)/3), args...)
+		args = args[:0]
+		if err != nil {
+			return fmt.Errorf("store outputs: %w", err)
+		}
+		return nil
+	}
+	for i := range pending {
+		p := &pending[i]
+		if !p.applied || (len(p.f.Output) == 0 && len(p.f.Usage) == 0) {
+			continue
+		}
+		args = append(args, p.change.ord, blob(p.f.Output), blob(p.f.Usage))
+		if len(args) == 3*insertChunk {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// outputsSQL returns the statement storing n outputs.
+func outputsSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT OR REPLACE INTO run_outputs (ord, output, usage) VALUES `)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?)")
+	}
+	return b.String()
 }
 
 // appliedRuns lists the runs of changes.

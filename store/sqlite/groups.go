@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/taskpipe/taskpipe/api"
@@ -147,24 +148,53 @@ func statusEvent(g store.Group, seq int64, at time.Time) store.Event {
 
 // appendEvent inserts one event into its group's log.
 func (tx *wtx) appendEvent(ev store.Event) error {
-	var status any
-	if ev.Status != nil {
-		b, err := json.Marshal(ev.Status)
-		if err != nil {
-			return fmt.Errorf("encode group status: %w", err)
+	return tx.appendEvents([]store.Event{ev})
+}
+
+// eventChunk is how many events one INSERT stores; 6 values each.
+const eventChunk = 128
+
+// appendEvents inserts events into their groups' logs, several per
+// statement.
+func (tx *wtx) appendEvents(events []store.Event) error {
+	for len(events) > 0 {
+		chunk := events[:min(eventChunk, len(events))]
+		events = events[len(chunk):]
+		args := make([]any, 0, 6*len(chunk))
+		for _, ev := range chunk {
+			var status any
+			if ev.Status != nil {
+				b, err := json.Marshal(ev.Status)
+				if err != nil {
+					return fmt.Errorf("encode group status: %w", err)
+				}
+				status = b
+			}
+			var runID any
+			if ev.RunID != "" {
+				runID = ev.RunID
+			}
+			args = append(args, ev.GroupID, ev.Seq, string(ev.Kind), runID, status, micros(ev.At))
 		}
-		status = b
-	}
-	var runID any
-	if ev.RunID != "" {
-		runID = ev.RunID
-	}
-	_, err := tx.exec(`INSERT INTO events (group_id, seq, kind, run_id, status, at)
-		VALUES (?, ?, ?, ?, ?, ?)`, ev.GroupID, ev.Seq, string(ev.Kind), runID, status, micros(ev.At))
-	if err != nil {
-		return fmt.Errorf("append event %d of group %s: %w", ev.Seq, ev.GroupID, err)
+		if _, err := tx.exec(eventsSQL(len(chunk)), args...); err != nil {
+			return fmt.Errorf("append events %d... of group %s: %w", chunk[0].Seq,
+				chunk[0].GroupID, err)
+		}
 	}
 	return nil
+}
+
+// eventsSQL returns the statement inserting n events.
+func eventsSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO events (group_id, seq, kind, run_id, status, at) VALUES `)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?)")
+	}
+	return b.String()
 }
 
 // change is one run whose status a transaction changed.
@@ -246,10 +276,8 @@ func (tx *wtx) recordChanges(changes []change, logStatus bool) ([]store.Event, e
 		}
 	}
 	events = append(events, statusEvents...)
-	for _, ev := range events {
-		if err := tx.appendEvent(ev); err != nil {
-			return nil, err
-		}
+	if err := tx.appendEvents(events); err != nil {
+		return nil, err
 	}
 	return events, nil
 }

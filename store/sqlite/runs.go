@@ -338,17 +338,19 @@ func (s *Store) ClaimRuns(ctx context.Context, c store.Claim) ([]store.Run, erro
 	}
 	var claimed []store.Run
 	err := s.write(ctx, func(tx *wtx) error {
-		// Take the oldest eligible runs in one statement.
+		// Take the oldest eligible runs in one statement, reading back only
+		// the columns a claim does not set.
 		rows, err := tx.query(`UPDATE runs SET prev_status = status, status = 'running',
 			attempt = attempt + 1, lease_owner = ?1, lease_until = ?2, modified_at = ?3
 			WHERE ord IN (SELECT ord FROM runs WHERE status = 'queued' AND processor = ?4
 				AND not_before <= ?3 ORDER BY ord LIMIT ?5)
-			RETURNING ord, prev_status, `+returningRunCols,
+			RETURNING ord, id, group_id, seq, owner, input, spec_hash, warnings, error, attempt,
+				checkpoint, created_at, not_before, cached`,
 			c.Node, micros(c.LeaseUntil), micros(c.Now), c.Processor, c.Limit)
 		if err != nil {
 			return err
 		}
-		changes, err := scanChanges(rows, c.Limit)
+		changes, err := scanClaimed(rows, c)
 		if err != nil {
 			return err
 		}
@@ -379,6 +381,42 @@ func (s *Store) ClaimRuns(ctx context.Context, c store.Claim) ([]store.Run, erro
 		}
 	}
 	return claimed, nil
+}
+
+// scanClaimed reads the rows of ClaimRuns' UPDATE ... RETURNING and
+// returns them in ord order, filling in what the claim set.
+func scanClaimed(rows *sql.Rows, c store.Claim) ([]change, error) {
+	defer rows.Close()
+	changes := make([]change, 0, min(c.Limit, 1024))
+	var v [14]any
+	dest := make([]any, len(v))
+	for i := range v {
+		dest[i] = &v[i]
+	}
+	modified, until := fromMicros(micros(c.Now)), fromMicros(micros(c.LeaseUntil))
+	for rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		changes = append(changes, change{ord: integer(v[0]), prev: api.StatusQueued,
+			run: store.Run{
+				ID: text(v[1]), GroupID: text(v[2]), Seq: integer(v[3]), Owner: text(v[4]),
+				Processor: c.Processor, Status: api.StatusRunning, Input: jsonValue(v[5]),
+				SpecHash: text(v[6]), Warnings: jsonValue(v[7]), Error: jsonValue(v[8]),
+				Attempt: int(integer(v[9])), Checkpoint: jsonValue(v[10]),
+				CreatedAt: fromMicros(integer(v[11])), ModifiedAt: modified,
+				NotBefore: fromMicros(integer(v[12])), Cached: integer(v[13]) != 0,
+				LeaseOwner: c.Node, LeaseUntil: until,
+			}})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if err := rows.Close(); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(changes, func(a, b change) int { return cmp.Compare(a.ord, b.ord) })
+	return changes, nil
 }
 
 // scanChanges reads the rows of an UPDATE ... RETURNING ord, prev_status,

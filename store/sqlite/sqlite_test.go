@@ -128,3 +128,42 @@ func TestStore_SecondWriterInvalidatesClaimedRuns(t *testing.T) {
 		t.Errorf("counts = %v, want %v", g.Counts, want)
 	}
 }
+
+// TestFinishRuns_DatabaseOverridesMemory checks that a batch of remembered
+// runs whose update changes fewer rows than expected is undone and applied
+// run by run, so that the database, not the claimed-run cache, decides.
+func TestFinishRuns_DatabaseOverridesMemory(t *testing.T) {
+	ctx := context.Background()
+	s := openGroup(t, filepath.Join(t.TempDir(), "taskpipe.db"), 3)
+	now := time.Now()
+	if _, err := s.ClaimRuns(ctx, store.Claim{Processor: "lite", Node: "n1", Limit: 3, Now: now,
+		LeaseUntil: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Misremember("r1", "n2") {
+		t.Fatal("r1 is not remembered after its claim")
+	}
+	res, err := s.FinishRuns(ctx, []store.Finish{
+		{RunID: "r0", Node: "n1", Status: api.StatusCompleted, At: now},
+		{RunID: "r1", Node: "n2", Status: api.StatusCompleted, At: now},
+		{RunID: "r2", Node: "n1", Status: api.StatusFailed, At: now}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Applied) != 2 || res.Applied[0].ID != "r0" || res.Applied[1].ID != "r2" {
+		t.Fatalf("applied = %+v, want r0 and r2", res.Applied)
+	}
+	if r, err := s.GetRun(ctx, "r1"); err != nil || r.Status != api.StatusRunning ||
+		r.LeaseOwner != "n1" {
+		t.Errorf("r1 = %s leased to %q, %v; want running for n1", r.Status, r.LeaseOwner, err)
+	}
+	g, err := s.GetGroup(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Counts[api.StatusRunning] != 1 || g.Counts[api.StatusCompleted] != 1 ||
+		g.Counts[api.StatusFailed] != 1 || g.LastEventSeq != 4 {
+		t.Errorf("group = counts %v, last event %d; want 1 running, completed, failed; 4",
+			g.Counts, g.LastEventSeq)
+	}
+}

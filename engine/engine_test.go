@@ -620,3 +620,29 @@ func TestEngine_RateLimit(t *testing.T) {
 		}
 	}
 }
+
+// panicProcessor panics inside Execute.
+type panicProcessor struct{}
+
+func (panicProcessor) Execute(context.Context, []engine.Job, engine.Reporter) { panic("boom") }
+
+func TestEngine_ProcessorPanicFailsItsRuns(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, map[string]engine.Backend{"panics": {Processor: panicProcessor{}}})
+	ctx := context.Background()
+	run, err := h.eng.CreateRun(ctx, api.TaskRunInput{Input: json.RawMessage(`"x"`), Processor: "panics"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.eng.GetRunResult(ctx, run.RunID, 20*time.Second); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("err = %v, want not found (failed)", err)
+	}
+	got, _ := h.eng.GetRun(ctx, run.RunID)
+	if got.Status != api.StatusFailed || got.Error == nil || got.Error.Message != "processor panics panicked: boom" {
+		t.Fatalf("run = %+v, want failed with the panic", got)
+	}
+	// The engine still works.
+	if _, err := h.eng.CreateRun(ctx, api.TaskRunInput{Input: json.RawMessage(`"y"`), Processor: "synthetic"}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -255,8 +256,25 @@ func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
 	d.e.metrics.queueDepth.WithLabelValues(d.name).Sub(float64(len(runs)))
 	d.e.metrics.inflight.WithLabelValues(d.name).Add(float64(len(runs)))
 	if len(jobs) > 0 {
-		d.backend.Processor.Execute(ctx, jobs, reporter{d})
+		d.execute(ctx, jobs)
 	}
+}
+
+// execute hands jobs to the processor. A panic inside Execute fails the
+// batch's runs that were not completed yet instead of the whole process.
+func (d *dispatcher) execute(ctx context.Context, jobs []Job) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		d.e.log.Error("processor panicked", "processor", d.name, "panic", fmt.Sprint(p),
+			"stack", string(debug.Stack()))
+		for _, j := range jobs {
+			d.e.recorder.complete(d, j.RunID, Outcome{Err: fmt.Errorf("processor %s panicked: %v", d.name, p)})
+		}
+	}()
+	d.backend.Processor.Execute(ctx, jobs, reporter{d})
 }
 
 // timeout fails a job that outlived its deadline.

@@ -98,7 +98,8 @@ type Event struct {
 	Seq     int64
 	Kind    EventKind
 	// RunID and Run are set for EventRunState (Run as it is now, which for
-	// a terminal run is as it was then).
+	// a terminal run is as it was then; Store.ListEvents says which of its
+	// fields a read log fills).
 	RunID string
 	Run   *Run
 	// Status is the group summary at the time, for EventGroupStatus.
@@ -199,7 +200,12 @@ type Store interface {
 	// Seq order, optionally only those in status (empty for all).
 	ListRuns(ctx context.Context, groupID string, afterSeq int64, status api.RunStatus, limit int) ([]Run, error)
 	// ListEvents returns up to limit events of a group with Seq > afterSeq
-	// in order, with Run filled for run state events.
+	// in order, with Run filled for run state events with what an event
+	// reports: ID, GroupID, Seq, Processor, Status, Warnings, Error,
+	// Cached, Attempt and the times, and an Input reduced to the submitted
+	// input's metadata ({"metadata":{...}}, nil when it had none). Output,
+	// Usage, Checkpoint, Spec and the other fields may be left empty: read
+	// the run itself for them.
 	ListEvents(ctx context.Context, groupID string, afterSeq int64, limit int) ([]Event, error)
 	// ClaimRuns moves up to c.Limit queued runs of c.Processor whose
 	// NotBefore has passed to running, oldest first, leased to c.Node until

@@ -44,3 +44,6 @@ func (s *Store) Misremember(runID, owner string) bool {
 	}
 	return ok
 }
+
+// Migrations are the schema migrations, oldest first.
+var Migrations = migrations

@@ -146,22 +146,22 @@ func statusEvent(g store.Group, seq int64, at time.Time) store.Event {
 	}
 }
 
-// appendEvent inserts one event into its group's log.
+// appendEvent inserts one group status event into its group's log.
 func (tx *wtx) appendEvent(ev store.Event) error {
-	return tx.appendEvents([]store.Event{ev})
+	return tx.appendEvents([]store.Event{ev}, nil)
 }
 
-// eventChunk is how many events one INSERT stores; 6 values each.
+// eventChunk is how many events one INSERT stores; 7 values each.
 const eventChunk = 128
 
 // appendEvents inserts events into their groups' logs, several per
-// statement.
-func (tx *wtx) appendEvents(events []store.Event) error {
-	for len(events) > 0 {
-		chunk := events[:min(eventChunk, len(events))]
-		events = events[len(chunk):]
-		args := make([]any, 0, 6*len(chunk))
-		for _, ev := range chunk {
+// statement. ords holds the row number of each run state event's run
+// (nil when there are none).
+func (tx *wtx) appendEvents(events []store.Event, ords []int64) error {
+	for first := 0; first < len(events); first += eventChunk {
+		chunk := events[first:min(first+eventChunk, len(events))]
+		args := make([]any, 0, 7*len(chunk))
+		for k, ev := range chunk {
 			var status any
 			if ev.Status != nil {
 				b, err := json.Marshal(ev.Status)
@@ -170,11 +170,15 @@ func (tx *wtx) appendEvents(events []store.Event) error {
 				}
 				status = b
 			}
-			var runID any
+			var runID, runOrd any
 			if ev.RunID != "" {
 				runID = ev.RunID
 			}
-			args = append(args, ev.GroupID, ev.Seq, string(ev.Kind), runID, status, micros(ev.At))
+			if first+k < len(ords) && ords[first+k] != 0 {
+				runOrd = ords[first+k]
+			}
+			args = append(args, ev.GroupID, ev.Seq, string(ev.Kind), runID, runOrd, status,
+				micros(ev.At))
 		}
 		if _, err := tx.exec(eventsSQL(len(chunk)), args...); err != nil {
 			return fmt.Errorf("append events %d... of group %s: %w", chunk[0].Seq,
@@ -187,12 +191,13 @@ func (tx *wtx) appendEvents(events []store.Event) error {
 // eventsSQL returns the statement inserting n events.
 func eventsSQL(n int) string {
 	var b strings.Builder
-	b.WriteString(`INSERT INTO events (group_id, seq, kind, run_id, status, at) VALUES `)
+	b.WriteString(`INSERT INTO events (group_id, seq, kind, run_id, run_ord, status, at)
+	VALUES `)
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString("(?, ?, ?, ?, ?, ?)")
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?)")
 	}
 	return b.String()
 }
@@ -269,14 +274,18 @@ func (tx *wtx) recordChanges(changes []change, logStatus bool) ([]store.Event, e
 	}
 
 	// Append them in the order the caller reports them.
-	var events []store.Event
+	var (
+		events []store.Event
+		ords   []int64
+	)
 	for i := range runEvents {
 		if runEvents[i].Kind != "" {
 			events = append(events, runEvents[i])
+			ords = append(ords, changes[i].ord)
 		}
 	}
 	events = append(events, statusEvents...)
-	if err := tx.appendEvents(events); err != nil {
+	if err := tx.appendEvents(events, ords); err != nil {
 		return nil, err
 	}
 	return events, nil

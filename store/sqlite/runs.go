@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"database/sql"
@@ -25,14 +26,17 @@ import (
 // or already stored.
 func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 	specs map[string]json.RawMessage) (store.AddResult, error) {
-	// Check the batch and settle its times before taking the write slot.
+	// Check the batch, settle its times and pick out each run's metadata
+	// before taking the write slot.
 	now := time.Now().UTC()
 	var (
 		latest  time.Time
 		claimed int64
 	)
+	metas := make([]json.RawMessage, len(runs))
 	for i := range runs {
 		r := &runs[i]
+		metas[i] = inputMetadata(r.Input)
 		if r.ID == "" {
 			return store.AddResult{}, fmt.Errorf("add runs: run %d has no id", i)
 		}
@@ -91,8 +95,8 @@ func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 		}
 		for i := 0; i < len(runs); i += insertChunk {
 			end := min(i+insertChunk, len(runs))
-			if err := tx.insertRuns(runs[i:end], groupID, firstSeq, firstOrd, int64(i),
-				now); err != nil {
+			if err := tx.insertRuns(runs[i:end], metas[i:end], groupID, firstSeq, firstOrd,
+				int64(i), now); err != nil {
 				return err
 			}
 		}
@@ -180,7 +184,7 @@ func (tx *wtx) spec(hash string) (json.RawMessage, error) {
 	return spec, rows.Close()
 }
 
-// insertChunk is how many runs one INSERT statement stores; 17 values
+// insertChunk is how many runs one INSERT statement stores; 18 values
 // each stay well below SQLite's limit on parameters.
 const insertChunk = 64
 
@@ -189,14 +193,29 @@ func insertSQL(n int) string {
 	var b strings.Builder
 	b.WriteString(`INSERT INTO runs (ord, id, group_id, seq, owner, processor, status, input,
 		spec_hash, warnings, checkpoint, created_at, modified_at, not_before, attempt,
-		lease_owner, lease_until) VALUES `)
+		lease_owner, lease_until, metadata) VALUES `)
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 	}
 	return b.String()
+}
+
+// inputMetadata returns the metadata object of a run's input JSON, nil
+// when it has none (or the input is not a JSON object).
+func inputMetadata(input json.RawMessage) json.RawMessage {
+	if len(input) == 0 || !bytes.Contains(input, []byte(`"metadata"`)) {
+		return nil
+	}
+	var in struct {
+		Metadata json.RawMessage `json:"metadata"`
+	}
+	if json.Unmarshal(input, &in) != nil || len(in.Metadata) == 0 || in.Metadata[0] != '{' {
+		return nil
+	}
+	return in.Metadata
 }
 
 // claimedAtInsert reports whether AddRuns stores r already claimed.
@@ -223,9 +242,9 @@ func (tx *wtx) nextOrd() (int64, error) {
 
 // insertRuns inserts runs, the first being the first-th run of the batch,
 // whose row number is firstOrd. Runs claimed at insert are remembered.
-func (tx *wtx) insertRuns(runs []store.Run, groupID string, firstSeq, firstOrd, first int64,
-	now time.Time) error {
-	args := make([]any, 0, 17*len(runs))
+func (tx *wtx) insertRuns(runs []store.Run, metas []json.RawMessage, groupID string,
+	firstSeq, firstOrd, first int64, now time.Time) error {
+	args := make([]any, 0, 18*len(runs))
 	for i := range runs {
 		r := &runs[i]
 		created := r.CreatedAt
@@ -254,7 +273,7 @@ func (tx *wtx) insertRuns(runs []store.Run, groupID string, firstSeq, firstOrd, 
 		}
 		args = append(args, ord, r.ID, groupID, seq, r.Owner, r.Processor, string(status),
 			blob(r.Input), r.SpecHash, blob(r.Warnings), blob(r.Checkpoint), micros(created),
-			micros(modified), micros(r.NotBefore), attempt, owner, until)
+			micros(modified), micros(r.NotBefore), attempt, owner, until, blob(metas[i]))
 	}
 	if _, err := tx.exec(insertSQL(len(runs)), args...); err != nil {
 		return fmt.Errorf("insert runs %s...: %w", runs[0].ID, err)

@@ -97,6 +97,18 @@ CREATE TABLE deliveries (
 );
 CREATE INDEX deliveries_due ON deliveries (next_at);
 `,
+	// Version 2: each run's metadata apart from its input, so that event
+	// logs read it without the input, and each run state event's run by its
+	// row number.
+	`
+ALTER TABLE runs ADD COLUMN metadata BLOB;
+UPDATE runs SET metadata = CAST(json_extract(CAST(input AS TEXT), '$.metadata') AS BLOB)
+	WHERE input IS NOT NULL AND json_valid(CAST(input AS TEXT))
+	AND json_type(CAST(input AS TEXT), '$.metadata') = 'object';
+ALTER TABLE events ADD COLUMN run_ord INTEGER;
+UPDATE events SET run_ord = (SELECT ord FROM runs WHERE runs.id = events.run_id)
+	WHERE run_id IS NOT NULL;
+`,
 }
 
 // migrate creates the schema or brings it up to date, recording the version

@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -165,5 +166,56 @@ func TestFinishRuns_DatabaseOverridesMemory(t *testing.T) {
 		g.Counts[api.StatusFailed] != 1 || g.LastEventSeq != 4 {
 		t.Errorf("group = counts %v, last event %d; want 1 running, completed, failed; 4",
 			g.Counts, g.LastEventSeq)
+	}
+}
+
+// TestOpen_MigratesVersion1 opens a file written by schema version 1 and
+// checks that its runs' metadata and run state events read as before.
+func TestOpen_MigratesVersion1(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "taskpipe.db")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		sqlite.Migrations[0],
+		`CREATE TABLE schema_version (version INTEGER NOT NULL)`,
+		`INSERT INTO schema_version VALUES (1)`,
+		`INSERT INTO groups (id, owner, created_at, modified_at, num_runs, last_run_seq,
+			last_event_seq, n_completed) VALUES ('g1', '', 1, 1, 2, 2, 2, 2)`,
+		`INSERT INTO runs (id, group_id, seq, owner, processor, status, input, spec_hash,
+			created_at, modified_at) VALUES
+			('r1', 'g1', 1, '', 'lite', 'completed',
+				CAST('{"input":"a","metadata":{"row":1}}' AS BLOB), '', 1, 2),
+			('r2', 'g1', 2, '', 'lite', 'completed', CAST('{"input":"b"}' AS BLOB), '', 1, 3)`,
+		`INSERT INTO events (group_id, seq, kind, run_id, at) VALUES
+			('g1', 1, 'task_run.state', 'r1', 2), ('g1', 2, 'task_run.state', 'r2', 3)`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("build version 1 file: %v", err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	evs, err := s.ListEvents(ctx, "g1", 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].Run == nil || evs[1].Run == nil {
+		t.Fatalf("events after migration = %+v, want two with runs", evs)
+	}
+	if evs[0].Run.ID != "r1" || string(evs[0].Run.Input) != `{"metadata":{"row":1}}` {
+		t.Errorf("r1 in its event = %s input %s", evs[0].Run.ID, evs[0].Run.Input)
+	}
+	if evs[1].Run.ID != "r2" || evs[1].Run.Input != nil {
+		t.Errorf("r2 in its event = %s input %s", evs[1].Run.ID, evs[1].Run.Input)
 	}
 }

@@ -66,8 +66,12 @@ func testFinishApplied(t *testing.T, open OpenFunc) {
 			t.Errorf("logged run state event %d = %+v", ev.Seq, ev)
 		}
 	}
-	if !jsonEqual(logged[1].Run.Output, a2.Output) || !logged[1].At.Equal(at(5)) {
-		t.Errorf("logged a-2 event output %s at %v", logged[1].Run.Output, logged[1].At)
+	if r := logged[1].Run; r.Status != api.StatusCompleted || r.Processor != "lite" ||
+		r.Seq != 2 || !r.FinishedAt.Equal(at(5)) || !logged[1].At.Equal(at(5)) {
+		t.Errorf("logged a-2 event = run %+v at %v", r, logged[1].At)
+	}
+	if r := logged[2].Run; !jsonEqual(r.Error, failure) || r.Attempt != 1 {
+		t.Errorf("logged a-1 event = error %s attempt %d", r.Error, r.Attempt)
 	}
 	if logged[4].Status == nil || !equalCounts(logged[4].Status.Counts, status.Counts) ||
 		logged[4].Run != nil {

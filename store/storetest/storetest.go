@@ -66,6 +66,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"Checkpoint", testCheckpoint},
 		{"Deliveries", testDeliveries},
 		{"EventsGapless", testEventsGapless},
+		{"EventsRunFields", testEventsRunFields},
 		{"ConcurrentClaimFinish", testConcurrentClaimFinish},
 		{"ConcurrentAddRuns", testConcurrentAddRuns},
 		{"Reopen", testReopen},

@@ -4,7 +4,8 @@
 //
 // Every write method is one IMMEDIATE transaction on the write connection,
 // built from reused prepared statements, so that counters, cursors, events
-// and outbox entries change together with the runs they describe.
+// and outbox entries change together with the runs they describe. Commits
+// do not checkpoint the WAL: a background checkpointer does (checkpoint.go).
 package sqlite
 
 import (

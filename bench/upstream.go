@@ -169,8 +169,9 @@ func startUpstreamServer(ctx context.Context, o UpstreamOptions) (string, func()
 // processor is the parallel kind pointed at url, and returns the requests
 // the processor sent upstream.
 func forwardGroup(ctx context.Context, url string, o UpstreamOptions) (map[string]int64, error) {
-	par, err := processors.NewParallel(processors.ParallelOptions{BaseURL: url, APIKeyEnv: "TASKPIPE_BENCH_NO_KEY"},
-		slog.New(slog.DiscardHandler))
+	// The server runs in development mode: no key is needed.
+	opts := processors.ParallelOptions{BaseURL: url, APIKeyEnv: "TASKPIPE_BENCH_NO_KEY"}
+	par, err := processors.NewParallel(opts, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
 	}

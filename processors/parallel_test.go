@@ -87,6 +87,11 @@ func startUpstream(t *testing.T, synthetic SyntheticOptions) *upstream {
 	return &upstream{eng: eng, url: ts.URL}
 }
 
+// uniformLatency is an upstream whose runs take between lo and hi.
+func uniformLatency(lo, hi time.Duration) SyntheticOptions {
+	return SyntheticOptions{Latency: LatencyOptions{Distribution: LatencyUniform, Min: lo, Max: hi}}
+}
+
 // runs returns every run of the upstream groups, with outputs.
 func (u *upstream) runs(t *testing.T, groups []string) []*api.TaskRunEvent {
 	t.Helper()
@@ -370,7 +375,8 @@ func finished(t *testing.T, eng *engine.Engine, groupID string) map[string]*api.
 		if !g.Status.IsActive {
 			break
 		}
-		err = eng.GroupEvents(ctx, groupID, api.GroupEventsQuery{Timeout: 5 * time.Second}, func(api.Event) error { return nil })
+		err = eng.GroupEvents(ctx, groupID, api.GroupEventsQuery{Timeout: 5 * time.Second},
+			func(api.Event) error { return nil })
 		if err != nil {
 			t.Fatalf("group %s did not finish: %v (status %+v)", groupID, err, g.Status.TaskRunStatusCounts)
 		}
@@ -432,7 +438,7 @@ func sameBasis(a, b []api.FieldBasis) bool {
 
 func TestParallel_GroupCompletesWithUpstreamOutputs(t *testing.T) {
 	t.Parallel()
-	up := startUpstream(t, SyntheticOptions{Latency: LatencyOptions{Distribution: LatencyUniform, Min: 0, Max: 300 * time.Millisecond}})
+	up := startUpstream(t, uniformLatency(0, 300*time.Millisecond))
 	px := startProxy(t, up.url)
 	d := startDownstream(t, filepath.Join(t.TempDir(), "down.db"), ParallelOptions{BaseURL: px.url})
 
@@ -458,7 +464,7 @@ func TestParallel_GroupCompletesWithUpstreamOutputs(t *testing.T) {
 
 func TestParallel_RestartAdoptsAndReattaches(t *testing.T) {
 	t.Parallel()
-	up := startUpstream(t, SyntheticOptions{Latency: LatencyOptions{Distribution: LatencyUniform, Min: 100 * time.Millisecond, Max: time.Second}})
+	up := startUpstream(t, uniformLatency(100*time.Millisecond, time.Second))
 	px := startProxy(t, up.url)
 	held := make(chan struct{})
 	// The second add reaches the upstream, but its reply never comes back:
@@ -490,7 +496,7 @@ func TestParallel_RestartAdoptsAndReattaches(t *testing.T) {
 
 func TestParallel_SurvivesRateLimitsErrorsAndDrops(t *testing.T) {
 	t.Parallel()
-	up := startUpstream(t, SyntheticOptions{Latency: LatencyOptions{Distribution: LatencyUniform, Min: 0, Max: 500 * time.Millisecond}})
+	up := startUpstream(t, uniformLatency(0, 500*time.Millisecond))
 	px := startProxy(t, up.url)
 	px.inject("add",
 		fault{status: http.StatusTooManyRequests, retryAfter: "1"},

@@ -18,6 +18,10 @@ import (
 // ErrNotFound is returned when a group or run does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrBudget is returned by AddRuns when a batch would take a group's cost
+// past its MaxCost.
+var ErrBudget = errors.New("group budget exceeded")
+
 // Group is a task group and its running summary. Counts and cursors are
 // maintained by the store in the same transaction as the changes they count.
 type Group struct {
@@ -35,6 +39,10 @@ type Group struct {
 	LastRunSeq int64
 	// LastEventSeq is the sequence number of the newest event (0 when none).
 	LastEventSeq int64
+	// Cost is the sum of the Cost of the group's runs, in US dollars.
+	Cost float64
+	// MaxCost, when positive, is the most Cost may reach.
+	MaxCost float64
 }
 
 // Active reports whether any run of the group may still change.
@@ -67,6 +75,11 @@ type Run struct {
 	Output   json.RawMessage // api.Output or nil
 	Usage    json.RawMessage // processor usage or nil
 	Cached   bool
+	// Cost is the run's price, added to its group's Cost.
+	Cost float64
+	// CacheKey identifies identical requests (processor, input, spec) for
+	// the result cache; empty when the run may not be served from it.
+	CacheKey string
 	// Attempt counts executions, starting at 0 before the first claim.
 	Attempt    int
 	Checkpoint json.RawMessage
@@ -187,7 +200,9 @@ type Store interface {
 	// AddRuns stores runs (all or none) in status queued. Runs with a
 	// GroupID get consecutive sequence numbers in input order and one
 	// group status event is appended. Specs maps SpecHash to spec JSON for
-	// the specs not stored yet (storing one twice is harmless).
+	// the specs not stored yet (storing one twice is harmless). The batch's
+	// Cost is added to the group's; when that would pass a positive
+	// MaxCost, nothing is stored and the error wraps ErrBudget.
 	//
 	// A run given with Status running and a LeaseOwner is stored already
 	// claimed (Attempt 1, leased until LeaseUntil), as if ClaimRuns had
@@ -225,6 +240,10 @@ type Store interface {
 	// cancelling are cancelled. It returns the number of runs touched and
 	// the events appended.
 	Recover(ctx context.Context, node string, now time.Time) (int64, []Event, error)
+	// CachedOutput returns the output of the newest run of processor with
+	// cacheKey that completed at or after since; ok is false when there is
+	// none.
+	CachedOutput(ctx context.Context, processor, cacheKey string, since time.Time) (out json.RawMessage, ok bool, err error)
 	// SaveCheckpoint stores processor state for a run.
 	SaveCheckpoint(ctx context.Context, runID string, state json.RawMessage) error
 	// CancelRuns cancels the given runs (or every active run of groupID

@@ -16,7 +16,7 @@ import (
 // groupCols lists the columns scanGroup reads, in order.
 const groupCols = `id, owner, metadata, created_at, modified_at, num_runs, last_run_seq,
 	last_event_seq, n_queued, n_action_required, n_running, n_completed, n_failed,
-	n_cancelling, n_cancelled`
+	n_cancelling, n_cancelled, cost, max_cost`
 
 // scanGroup reads one row of groupCols.
 func scanGroup(row interface{ Scan(...any) error }) (store.Group, error) {
@@ -27,7 +27,7 @@ func scanGroup(row interface{ Scan(...any) error }) (store.Group, error) {
 		c                 counts
 	)
 	err := row.Scan(&g.ID, &g.Owner, &meta, &created, &modified, &g.NumRuns, &g.LastRunSeq,
-		&g.LastEventSeq, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6])
+		&g.LastEventSeq, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &g.Cost, &g.MaxCost)
 	if err != nil {
 		return store.Group{}, err
 	}
@@ -57,8 +57,9 @@ func (s *Store) CreateGroup(ctx context.Context, g store.Group) error {
 		g.ModifiedAt = g.CreatedAt
 	}
 	err := s.write(ctx, func(tx *wtx) error {
-		_, err := tx.exec(`INSERT INTO groups (id, owner, metadata, created_at, modified_at)
-			VALUES (?, ?, ?, ?, ?)`, g.ID, g.Owner, meta, micros(g.CreatedAt), micros(g.ModifiedAt))
+		_, err := tx.exec(`INSERT INTO groups (id, owner, metadata, created_at, modified_at, max_cost)
+			VALUES (?, ?, ?, ?, ?, ?)`, g.ID, g.Owner, meta, micros(g.CreatedAt), micros(g.ModifiedAt),
+			g.MaxCost)
 		return err
 	})
 	if err != nil {
@@ -129,6 +130,29 @@ func (tx *wtx) updateGroup(id string, delta counts, added, events int64,
 		return store.Group{}, fmt.Errorf("update group %s: %w", id, err)
 	}
 	return g, nil
+}
+
+// addCost adds a batch's cost to a group within its budget, returning the
+// group's new cost, or an error wrapping store.ErrBudget.
+func (tx *wtx) addCost(id string, cost float64) (float64, error) {
+	rows, err := tx.query(`UPDATE groups SET cost = cost + ?1
+		WHERE id = ?2 AND (max_cost <= 0 OR cost + ?1 <= max_cost + 1e-9)
+		RETURNING cost`, cost, id)
+	if err != nil {
+		return 0, fmt.Errorf("add cost to group %s: %w", id, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return 0, fmt.Errorf("add cost to group %s: %w", id, err)
+		}
+		return 0, fmt.Errorf("add $%.4f to group %s: %w", cost, id, store.ErrBudget)
+	}
+	var total float64
+	if err := rows.Scan(&total); err != nil {
+		return 0, fmt.Errorf("add cost to group %s: %w", id, err)
+	}
+	return total, rows.Close()
 }
 
 // statusEvent builds the group status event for g at sequence seq.

@@ -80,6 +80,17 @@ func (s *Store) AddRuns(ctx context.Context, groupID string, runs []store.Run,
 			res.PrevRunSeq = g.LastRunSeq - n
 			res.PrevEventSeq = g.LastEventSeq - 1
 			firstSeq = res.PrevRunSeq + 1
+
+			// Charge the batch to the group's budget.
+			var cost float64
+			for i := range runs {
+				cost += runs[i].Cost
+			}
+			if cost > 0 || g.MaxCost > 0 {
+				if res.Group.Cost, err = tx.addCost(groupID, cost); err != nil {
+					return err
+				}
+			}
 		}
 
 		// Store new specs and make sure every run's spec is there.
@@ -193,12 +204,12 @@ func insertSQL(n int) string {
 	var b strings.Builder
 	b.WriteString(`INSERT INTO runs (ord, id, group_id, seq, owner, processor, status, input,
 		spec_hash, warnings, checkpoint, created_at, modified_at, not_before, attempt,
-		lease_owner, lease_until, metadata) VALUES `)
+		lease_owner, lease_until, metadata, cache_key) VALUES `)
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 	}
 	return b.String()
 }
@@ -244,7 +255,7 @@ func (tx *wtx) nextOrd() (int64, error) {
 // whose row number is firstOrd. Runs claimed at insert are remembered.
 func (tx *wtx) insertRuns(runs []store.Run, metas []json.RawMessage, groupID string,
 	firstSeq, firstOrd, first int64, now time.Time) error {
-	args := make([]any, 0, 18*len(runs))
+	args := make([]any, 0, 19*len(runs))
 	for i := range runs {
 		r := &runs[i]
 		created := r.CreatedAt
@@ -273,12 +284,37 @@ func (tx *wtx) insertRuns(runs []store.Run, metas []json.RawMessage, groupID str
 		}
 		args = append(args, ord, r.ID, groupID, seq, r.Owner, r.Processor, string(status),
 			blob(r.Input), r.SpecHash, blob(r.Warnings), blob(r.Checkpoint), micros(created),
-			micros(modified), micros(r.NotBefore), attempt, owner, until, blob(metas[i]))
+			micros(modified), micros(r.NotBefore), attempt, owner, until, blob(metas[i]), r.CacheKey)
 	}
 	if _, err := tx.exec(insertSQL(len(runs)), args...); err != nil {
 		return fmt.Errorf("insert runs %s...: %w", runs[0].ID, err)
 	}
 	return nil
+}
+
+// CachedOutput returns the output of the newest run of processor with
+// cacheKey that completed at or after since.
+func (s *Store) CachedOutput(ctx context.Context, processor, cacheKey string,
+	since time.Time) (json.RawMessage, bool, error) {
+	if cacheKey == "" {
+		return nil, false, nil
+	}
+	st, err := s.readStmt(ctx, `SELECT o.output FROM runs r JOIN run_outputs o ON o.ord = r.ord
+		WHERE r.processor = ?1 AND r.cache_key = ?2 AND r.cache_key <> ''
+			AND r.status = 'completed' AND r.finished_at >= ?3
+		ORDER BY r.finished_at DESC LIMIT 1`)
+	if err != nil {
+		return nil, false, fmt.Errorf("read cached output: %w", err)
+	}
+	var out []byte
+	err = st.QueryRowContext(ctx, processor, cacheKey, micros(since)).Scan(&out)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && len(out) == 0) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read cached output: %w", err)
+	}
+	return out, true, nil
 }
 
 // GetRun returns a run with its spec, or store.ErrNotFound.

@@ -109,6 +109,14 @@ ALTER TABLE events ADD COLUMN run_ord INTEGER;
 UPDATE events SET run_ord = (SELECT ord FROM runs WHERE runs.id = events.run_id)
 	WHERE run_id IS NOT NULL;
 `,
+	// Version 3: group budgets, and the result cache's key on runs.
+	`
+ALTER TABLE groups ADD COLUMN cost REAL NOT NULL DEFAULT 0;
+ALTER TABLE groups ADD COLUMN max_cost REAL NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN cache_key TEXT NOT NULL DEFAULT '';
+CREATE INDEX runs_cache ON runs (processor, cache_key, finished_at)
+	WHERE cache_key <> '' AND status = 'completed';
+`,
 }
 
 // migrate creates the schema or brings it up to date, recording the version

@@ -70,6 +70,8 @@ func Run(t *testing.T, open OpenFunc) {
 		{"ConcurrentClaimFinish", testConcurrentClaimFinish},
 		{"ConcurrentAddRuns", testConcurrentAddRuns},
 		{"Reopen", testReopen},
+		{"Budget", testBudget},
+		{"CachedOutput", testCachedOutput},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

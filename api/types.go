@@ -153,6 +153,9 @@ type TaskRun struct {
 	TaskGroupID   *string      `json:"taskgroup_id"`
 	CreatedAt     *string      `json:"created_at"`
 	ModifiedAt    *string      `json:"modified_at"`
+	// Cached, a taskpipe extension, marks a run completed from the result
+	// of an identical earlier run without executing it.
+	Cached bool `json:"cached,omitempty"`
 }
 
 // Warning is a non-fatal problem with a run's spec or input.

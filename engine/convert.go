@@ -25,6 +25,7 @@ func taskRun(r *store.Run) api.TaskRun {
 		Processor:     r.Processor,
 		CreatedAt:     api.TimestampPtr(r.CreatedAt),
 		ModifiedAt:    api.TimestampPtr(r.ModifiedAt),
+		Cached:        r.Cached,
 	}
 	if r.GroupID != "" {
 		g := r.GroupID

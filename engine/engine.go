@@ -44,6 +44,11 @@ type Backend struct {
 	MaxAttempts int
 	// PricePerRun is the cost of one run in US dollars, for budgets.
 	PricePerRun float64
+	// CacheMaxAge, when positive, serves a run from the result of an
+	// identical earlier run (same processor, task spec, input and source
+	// policy) that completed within this age, without executing it. The run
+	// is marked cached. Zero turns the cache off.
+	CacheMaxAge time.Duration
 }
 
 func (b Backend) withDefaults() Backend {
@@ -74,6 +79,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics, when set, receives the engine's Prometheus collectors.
 	Metrics prometheus.Registerer
+	// MaxGroupCost, when positive, caps what the runs of one task group
+	// may cost in US dollars (the sum of their processors' PricePerRun);
+	// adding runs beyond it is refused with api.ErrPaymentRequired. A group
+	// may set a lower cap with the metadata key max_cost_usd.
+	MaxGroupCost float64
 	// WebhookSecret signs webhook deliveries (Standard Webhooks); empty
 	// disables signing.
 	WebhookSecret string
@@ -92,6 +102,7 @@ var ErrStopped = api.Errorf(api.ErrUnavailable, "engine is shutting down")
 type Engine struct {
 	store    store.Store
 	backends map[string]Backend
+	maxCost  float64
 	node     string
 	log      *slog.Logger
 	now      func() time.Time
@@ -142,6 +153,7 @@ func New(opts Options) (*Engine, error) {
 	e := &Engine{
 		store:       opts.Store,
 		backends:    make(map[string]Backend, len(opts.Backends)),
+		maxCost:     opts.MaxGroupCost,
 		node:        opts.Node,
 		log:         opts.Logger,
 		now:         opts.Now,

@@ -46,6 +46,10 @@ func (e *Engine) CreateTaskGroup(ctx context.Context, req api.CreateTaskGroupReq
 	if err := checkMetadata("metadata", req.Metadata); err != nil {
 		return api.TaskGroup{}, err
 	}
+	maxCost, err := e.groupBudget(req.Metadata)
+	if err != nil {
+		return api.TaskGroup{}, err
+	}
 	now := e.now()
 	g := store.Group{
 		ID:         newID("tgrp_"),
@@ -53,11 +57,34 @@ func (e *Engine) CreateTaskGroup(ctx context.Context, req api.CreateTaskGroupReq
 		Metadata:   req.Metadata,
 		CreatedAt:  now,
 		ModifiedAt: now,
+		MaxCost:    maxCost,
 	}
 	if err := e.store.CreateGroup(ctx, g); err != nil {
 		return api.TaskGroup{}, fmt.Errorf("create group: %w", err)
 	}
 	return taskGroup(g), nil
+}
+
+// MetadataMaxCost is the group metadata key with which a client caps the
+// cost of a group below the server's cap (a taskpipe extension).
+const MetadataMaxCost = "max_cost_usd"
+
+// groupBudget returns a new group's cost cap: the lower of the engine's
+// cap and the one its metadata asks for (0: none).
+func (e *Engine) groupBudget(md api.Metadata) (float64, error) {
+	limit := e.maxCost
+	v, ok := md[MetadataMaxCost]
+	if !ok {
+		return limit, nil
+	}
+	asked, ok := v.(float64)
+	if !ok || asked <= 0 {
+		return 0, api.Errorf(api.ErrInvalid, "metadata.%s: must be a positive number of US dollars", MetadataMaxCost)
+	}
+	if limit <= 0 || asked < limit {
+		limit = asked
+	}
+	return limit, nil
 }
 
 // group loads a group the caller owns.
@@ -145,7 +172,14 @@ func (e *Engine) submit(ctx context.Context, groupID string, inputs []api.TaskRu
 			warnJSON, _ = json.Marshal(warnings)
 		}
 		specJSON[info.hash] = info.json
+		backend := e.backends[in.Processor]
+		var cacheKey string
+		if backend.CacheMaxAge > 0 {
+			cacheKey = resultCacheKey(in, info.hash)
+		}
 		runs[i] = store.Run{
+			Cost:       backend.PricePerRun,
+			CacheKey:   cacheKey,
 			ID:         newID("trun_"),
 			GroupID:    groupID,
 			Owner:      owner,
@@ -166,6 +200,9 @@ func (e *Engine) submit(ctx context.Context, groupID string, inputs []api.TaskRu
 	if err != nil {
 		for p, idx := range claimed {
 			e.dispatchers[p].release(len(idx))
+		}
+		if errors.Is(err, store.ErrBudget) {
+			return store.AddResult{}, nil, e.budgetError(ctx, groupID, runs)
 		}
 		return store.AddResult{}, nil, fmt.Errorf("add runs: %w", err)
 	}
@@ -215,6 +252,23 @@ func (e *Engine) claimAtInsert(runs []store.Run, now time.Time) map[string][]int
 		claimed[p] = idx[:n]
 	}
 	return claimed
+}
+
+// budgetError explains a batch refused for the group's budget.
+func (e *Engine) budgetError(ctx context.Context, groupID string, runs []store.Run) error {
+	var cost float64
+	for i := range runs {
+		cost += runs[i].Cost
+	}
+	g, err := e.store.GetGroup(ctx, groupID)
+	if err != nil {
+		return api.Errorf(api.ErrPaymentRequired, "task group budget exceeded")
+	}
+	return api.Errorf(api.ErrPaymentRequired,
+		"task group budget exceeded: these %d runs cost $%.4f, the group has spent $%.4f of its $%.4f",
+		len(runs), cost, g.Cost, g.MaxCost).WithDetail(map[string]any{
+		"batch_cost_usd": cost, "group_cost_usd": g.Cost, "max_cost_usd": g.MaxCost,
+	})
 }
 
 // GroupRuns streams a snapshot of the group's runs in insertion order,

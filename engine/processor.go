@@ -16,6 +16,8 @@ type Job struct {
 	// Input is the run as it was submitted, with TaskSpec resolved (the
 	// group's default applied); TaskSpec is never nil.
 	Input api.TaskRunInput
+	// SpecHash identifies the resolved task spec.
+	SpecHash string
 	// Attempt counts executions of this run, starting at 1.
 	Attempt int
 	// Checkpoint is what the processor saved with Reporter.Checkpoint in an

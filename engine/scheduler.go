@@ -247,6 +247,7 @@ func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
 			RunID:      r.ID,
 			GroupID:    r.GroupID,
 			Input:      in,
+			SpecHash:   info.hash,
 			Attempt:    r.Attempt,
 			Checkpoint: r.Checkpoint,
 			Deadline:   now.Add(d.backend.Timeout),
@@ -255,7 +256,7 @@ func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
 	d.mu.Unlock()
 	d.e.metrics.queueDepth.WithLabelValues(d.name).Sub(float64(len(runs)))
 	d.e.metrics.inflight.WithLabelValues(d.name).Add(float64(len(runs)))
-	if len(jobs) > 0 {
+	if jobs = d.fromCache(ctx, jobs); len(jobs) > 0 {
 		d.execute(ctx, jobs)
 	}
 }

@@ -25,6 +25,9 @@ const (
 	DefaultConcurrency = 16
 	DefaultTimeout     = 10 * time.Minute
 	DefaultMaxAttempts = 3
+	// DefaultCacheMaxAge is how long a completed result serves identical
+	// runs, for every kind but synthetic (whose runs cost nothing).
+	DefaultCacheMaxAge = 24 * time.Hour
 )
 
 // Factory builds a processor of one kind from the options node of its
@@ -91,6 +94,7 @@ type processorConfig struct {
 	Timeout       *time.Duration `yaml:"timeout"`
 	MaxAttempts   *int           `yaml:"max_attempts"`
 	PricePerRun   float64        `yaml:"price_per_run"`
+	CacheMaxAge   *time.Duration `yaml:"cache_max_age"`
 	Options       yaml.Node      `yaml:"options"`
 }
 
@@ -100,7 +104,7 @@ var (
 	fileKeys      = []string{"version", "processors"}
 	processorKeys = []string{
 		"kind", "concurrency", "rate_per_minute", "timeout", "max_attempts",
-		"price_per_run", "options",
+		"price_per_run", "cache_max_age", "options",
 	}
 )
 
@@ -224,6 +228,9 @@ func (pc processorConfig) validate(path string) []error {
 	if pc.PricePerRun < 0 {
 		errs = append(errs, fmt.Errorf("%s.price_per_run: must be >= 0", path))
 	}
+	if pc.CacheMaxAge != nil && *pc.CacheMaxAge < 0 {
+		errs = append(errs, fmt.Errorf("%s.cache_max_age: must be >= 0 (0 = no result cache)", path))
+	}
 	return errs
 }
 
@@ -246,6 +253,12 @@ func (pc processorConfig) backend(p engine.Processor) engine.Backend {
 	}
 	if pc.MaxAttempts != nil {
 		b.MaxAttempts = *pc.MaxAttempts
+	}
+	if pc.Kind != "synthetic" {
+		b.CacheMaxAge = DefaultCacheMaxAge
+	}
+	if pc.CacheMaxAge != nil {
+		b.CacheMaxAge = *pc.CacheMaxAge
 	}
 	return b
 }

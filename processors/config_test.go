@@ -180,3 +180,27 @@ processors:
 	}
 	Register(kind, nil)
 }
+
+func TestParse_CacheMaxAge(t *testing.T) {
+	backends, err := Parse([]byte(`version: 1
+processors:
+  free: {kind: synthetic}
+  paid: {kind: http, options: {url: "http://127.0.0.1:9/enrich"}}
+  off: {kind: http, cache_max_age: 0s, options: {url: "http://127.0.0.1:9/enrich"}}
+  week: {kind: synthetic, cache_max_age: 168h}
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeAll(backends, nil) })
+	want := map[string]time.Duration{"free": 0, "paid": DefaultCacheMaxAge, "off": 0, "week": 168 * time.Hour}
+	for name, age := range want {
+		if got := backends[name].CacheMaxAge; got != age {
+			t.Errorf("%s: cache_max_age = %s, want %s", name, got, age)
+		}
+	}
+	if _, err := Parse([]byte("version: 1\nprocessors:\n  x: {kind: synthetic, cache_max_age: -1s}\n"), nil); err == nil ||
+		!strings.Contains(err.Error(), "processors.x.cache_max_age") {
+		t.Fatalf("negative cache_max_age: err = %v, want it named", err)
+	}
+}

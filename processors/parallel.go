@@ -572,6 +572,7 @@ func addParallelDefaults(cfg fileConfig, backends map[string]engine.Backend, log
 			Timeout:     timeout,
 			MaxAttempts: DefaultMaxAttempts,
 			PricePerRun: price,
+			CacheMaxAge: DefaultCacheMaxAge,
 		}
 	}
 	return errors.Join(errs...)

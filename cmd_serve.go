@@ -34,6 +34,8 @@ type serveCmd struct {
 	ShutdownTimeout time.Duration `help:"How long a shutdown waits for requests and running work before cancelling them." default:"30s" env:"TASKPIPE_SHUTDOWN_TIMEOUT"`
 	Keepalive       time.Duration `help:"Idle time after which an event stream sends a keep-alive comment." default:"15s" env:"TASKPIPE_KEEPALIVE"`
 	MaxBody         int64         `help:"Largest request body in bytes (an add-runs call of 1,000 inputs must fit)." default:"10485760" env:"TASKPIPE_MAX_BODY"`
+	MaxGroupCost    float64       `help:"Most the runs of one task group may cost in US dollars (sum of price_per_run); 0: no cap. A group's metadata max_cost_usd may set a lower one." default:"0" env:"TASKPIPE_MAX_GROUP_COST"`
+	WebhookSecret   string        `help:"Secret that signs webhook deliveries (Standard Webhooks; whsec_<base64> or raw); empty sends them unsigned." env:"TASKPIPE_WEBHOOK_SECRET"`
 }
 
 // Run executes the command.
@@ -42,9 +44,9 @@ func (c *serveCmd) Run(cli *CLI, log *slog.Logger) error {
 	defer stop()
 
 	// Check the configuration before opening anything.
-	if c.ShutdownTimeout <= 0 || c.Keepalive <= 0 || c.MaxBody <= 0 {
+	if c.ShutdownTimeout <= 0 || c.Keepalive <= 0 || c.MaxBody <= 0 || c.MaxGroupCost < 0 {
 		return withExitCode(exitUsage, errors.New(
-			"serve: --shutdown-timeout, --keepalive and --max-body must be positive"))
+			"serve: --shutdown-timeout, --keepalive and --max-body must be positive, --max-group-cost not negative"))
 	}
 	keys, err := server.LoadKeyring(c.Keys, os.Getenv(server.KeysEnv), os.Getenv)
 	if err != nil {
@@ -67,7 +69,7 @@ func (c *serveCmd) Run(cli *CLI, log *slog.Logger) error {
 	registry.MustRegister(collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	eng, err := engine.New(engine.Options{Store: st, Backends: backends, Node: c.Node,
-		Logger: log, Metrics: registry})
+		Logger: log, Metrics: registry, MaxGroupCost: c.MaxGroupCost, WebhookSecret: c.WebhookSecret})
 	if err != nil {
 		return withExitCode(exitUsage, fmt.Errorf("serve: %w", err))
 	}

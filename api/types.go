@@ -212,6 +212,11 @@ type TaskRunResult struct {
 	Output Output  `json:"output"`
 }
 
+// MetadataMaxCost is the group metadata key with which a client caps the
+// cost of a task group, in US dollars (a taskpipe extension; other servers
+// keep it as plain metadata).
+const MetadataMaxCost = "max_cost_usd"
+
 // CreateTaskGroupRequest is the body of the create-group call.
 type CreateTaskGroupRequest struct {
 	Metadata Metadata `json:"metadata,omitempty"`

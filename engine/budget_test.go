@@ -36,7 +36,7 @@ func TestEngine_GroupBudget(t *testing.T) {
 	t.Cleanup(func() { _ = eng.Stop(ctx); _ = st.Close() })
 
 	// The server caps every group at $5; this one asks for $2.
-	g, err := eng.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{Metadata: api.Metadata{engine.MetadataMaxCost: 2.0}})
+	g, err := eng.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{Metadata: api.Metadata{api.MetadataMaxCost: 2.0}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestEngine_GroupBudget(t *testing.T) {
 	if _, err := eng.AddRuns(ctx, g.TaskGroupID, api.TaskGroupRunRequest{Inputs: inputs(1000, "synthetic")}); err != nil {
 		t.Fatalf("free runs: %v", err)
 	}
-	if _, err := eng.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{Metadata: api.Metadata{engine.MetadataMaxCost: "lots"}}); !errors.Is(err, api.ErrInvalid) {
+	if _, err := eng.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{Metadata: api.Metadata{api.MetadataMaxCost: "lots"}}); !errors.Is(err, api.ErrInvalid) {
 		t.Fatalf("non-numeric cap: err = %v, want invalid", err)
 	}
 }

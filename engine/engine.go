@@ -82,7 +82,7 @@ type Options struct {
 	// MaxGroupCost, when positive, caps what the runs of one task group
 	// may cost in US dollars (the sum of their processors' PricePerRun);
 	// adding runs beyond it is refused with api.ErrPaymentRequired. A group
-	// may set a lower cap with the metadata key max_cost_usd.
+	// may set a lower cap with the metadata key api.MetadataMaxCost.
 	MaxGroupCost float64
 	// WebhookSecret signs webhook deliveries (Standard Webhooks); empty
 	// disables signing.

@@ -65,21 +65,17 @@ func (e *Engine) CreateTaskGroup(ctx context.Context, req api.CreateTaskGroupReq
 	return taskGroup(g), nil
 }
 
-// MetadataMaxCost is the group metadata key with which a client caps the
-// cost of a group below the server's cap (a taskpipe extension).
-const MetadataMaxCost = "max_cost_usd"
-
 // groupBudget returns a new group's cost cap: the lower of the engine's
 // cap and the one its metadata asks for (0: none).
 func (e *Engine) groupBudget(md api.Metadata) (float64, error) {
 	limit := e.maxCost
-	v, ok := md[MetadataMaxCost]
+	v, ok := md[api.MetadataMaxCost]
 	if !ok {
 		return limit, nil
 	}
 	asked, ok := v.(float64)
 	if !ok || asked <= 0 {
-		return 0, api.Errorf(api.ErrInvalid, "metadata.%s: must be a positive number of US dollars", MetadataMaxCost)
+		return 0, api.Errorf(api.ErrInvalid, "metadata.%s: must be a positive number of US dollars", api.MetadataMaxCost)
 	}
 	if limit <= 0 || asked < limit {
 		limit = asked

@@ -26,6 +26,7 @@ type benchCmd struct {
 type benchGroupCmd struct {
 	Runs        int           `help:"Runs in the group." default:"100000"`
 	Chunk       int           `help:"Runs per add-runs call (at most 1000)." default:"1000"`
+	Adders      int           `help:"Add-runs calls in flight at once." default:"4"`
 	Latency     time.Duration `help:"Simulated latency of each run (fixed); 0 completes at once." default:"0s"`
 	Concurrency int           `help:"Processor concurrency limit." default:"20000"`
 	HTTP        bool          `help:"Serve the engine on 127.0.0.1 and drive it through the HTTP client."`
@@ -58,7 +59,7 @@ func (c *benchGroupCmd) Run(cli *CLI, log *slog.Logger) error {
 	}
 	defer local.Stop(ctx)
 
-	res, err := bench.Group(ctx, local.Groups, bench.GroupOptions{Runs: c.Runs, Chunk: c.Chunk, Processor: "synthetic"})
+	res, err := bench.Group(ctx, local.Groups, bench.GroupOptions{Runs: c.Runs, Chunk: c.Chunk, Adders: c.Adders, Processor: "synthetic"})
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 
+	gojson "github.com/goccy/go-json"
 	sse "github.com/tmaxmax/go-sse"
 )
 
@@ -67,7 +68,7 @@ func ReadEvents(r io.Reader, fn func(Event) error) error {
 // payload be decoded in one pass; the type inside the payload still decides.
 func decodeKnownEvent(name string, data []byte) (Event, error) {
 	if ev := newEvent(name); ev != nil {
-		if err := json.Unmarshal(data, ev); err == nil && ev.EventType() == name {
+		if err := gojson.Unmarshal(data, ev); err == nil && ev.EventType() == name {
 			return ev, nil
 		}
 	}

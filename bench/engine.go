@@ -24,7 +24,7 @@ type GroupOptions struct {
 	Runs int
 	// Chunk is the number of runs per add-runs call (at most 1,000).
 	Chunk int
-	// Adders is the number of add-runs calls in flight at once.
+	// Adders is the number of add-runs calls in flight at once (default 4).
 	Adders int
 	// Processor names the processor of every run.
 	Processor string
@@ -87,7 +87,7 @@ func Group(ctx context.Context, tg api.TaskGroups, o GroupOptions) (GroupResult,
 		o.Chunk = api.MaxRunsPerAdd
 	}
 	if o.Adders <= 0 {
-		o.Adders = 2
+		o.Adders = 4
 	}
 	res := GroupResult{Runs: o.Runs}
 	g, err := tg.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{Metadata: api.Metadata{"bench": "group"}})

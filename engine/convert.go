@@ -2,7 +2,9 @@ package engine
 
 import (
 	"encoding/json"
+
 	"fmt"
+	gojson "github.com/goccy/go-json"
 	"strconv"
 	"time"
 
@@ -69,7 +71,7 @@ func runOutput(r *store.Run) (*api.Output, error) {
 		return nil, nil
 	}
 	var out api.Output
-	if err := json.Unmarshal(r.Output, &out); err != nil {
+	if err := gojson.Unmarshal(r.Output, &out); err != nil {
 		return nil, fmt.Errorf("decode stored output of %s: %w", r.ID, err)
 	}
 	return &out, nil

@@ -2,12 +2,13 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"sync"
 	"time"
+
+	gojson "github.com/goccy/go-json"
 
 	"github.com/taskpipe/taskpipe/api"
 )
@@ -18,7 +19,9 @@ import (
 //	data: <the event as single-line JSON>
 //	<blank line>
 //
-// It flushes after every event and never writes `id:` or `retry:` lines:
+// It flushes at most flushDelay after an event (so a burst of events, such
+// as a runs snapshot, goes out in few writes) and never writes `id:` or
+// `retry:` lines:
 // Parallel's Python SDK misreads blank lines after an id, and resume goes
 // by the last_event_id query parameter instead. Keep-alives are `:` comment
 // lines, which every SSE reader skips.
@@ -34,9 +37,15 @@ type streamWriter struct {
 
 	mu      sync.Mutex
 	started bool
-	wrote   bool  // an event or comment went out since the last tick
-	err     error // the first write error; the stream is dead after it
+	wrote   bool        // an event or comment went out since the last tick
+	err     error       // the first write error; the stream is dead after it
+	pending *time.Timer // the flush armed by the last unflushed event
+	closed  bool        // the handler returned; nothing may be written
 }
+
+// flushDelay bounds how long an event waits in the buffer for the events
+// that follow it.
+const flushDelay = 5 * time.Millisecond
 
 // newStreamWriter returns a writer of SSE frames to w.
 func newStreamWriter(w http.ResponseWriter, writeTimeout time.Duration) *streamWriter {
@@ -52,7 +61,7 @@ func (sw *streamWriter) Started() bool {
 
 // Send writes one event and flushes it.
 func (sw *streamWriter) Send(ev api.Event) error {
-	data, err := json.Marshal(ev)
+	data, err := gojson.Marshal(ev)
 	if err != nil {
 		return fmt.Errorf("encode %s event: %w", ev.EventType(), err)
 	}
@@ -62,7 +71,7 @@ func (sw *streamWriter) Send(ev api.Event) error {
 	frame = append(frame, "\ndata: "...)
 	frame = append(frame, data...)
 	frame = append(frame, "\n\n"...)
-	return sw.write(frame)
+	return sw.writeFrame(frame, false)
 }
 
 // Keepalive writes a `: keepalive` comment unless something was written
@@ -85,10 +94,19 @@ func (sw *streamWriter) Start() error {
 
 // write sends frame (possibly empty) within the write timeout and flushes.
 func (sw *streamWriter) write(frame []byte) error {
+	return sw.writeFrame(frame, true)
+}
+
+// writeFrame sends frame within the write timeout, then flushes now or,
+// unless flushNow, within flushDelay.
+func (sw *streamWriter) writeFrame(frame []byte, flushNow bool) error {
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if sw.err != nil {
 		return sw.err
+	}
+	if sw.closed {
+		return errors.New("write stream: closed")
 	}
 	// A client that takes nothing for writeTimeout is cut off rather than
 	// holding the engine call behind it.
@@ -112,11 +130,47 @@ func (sw *streamWriter) write(frame []byte) error {
 		}
 		sw.wrote = true
 	}
+	if !flushNow {
+		if sw.pending == nil {
+			sw.pending = time.AfterFunc(flushDelay, sw.flushPending)
+		}
+		return nil
+	}
+	return sw.flushLocked()
+}
+
+// flushPending is the armed flush.
+func (sw *streamWriter) flushPending() {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.closed || sw.err != nil {
+		return
+	}
+	_ = sw.flushLocked()
+}
+
+// flushLocked flushes what is buffered and disarms the pending flush.
+func (sw *streamWriter) flushLocked() error {
+	if sw.pending != nil {
+		sw.pending.Stop()
+		sw.pending = nil
+	}
 	if err := sw.rc.Flush(); err != nil {
 		sw.err = fmt.Errorf("flush stream: %w", err)
 		return sw.err
 	}
 	return nil
+}
+
+// close flushes what is buffered and stops all writing; the handler calls
+// it before it returns.
+func (sw *streamWriter) close() {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.pending != nil && sw.err == nil {
+		_ = sw.flushLocked()
+	}
+	sw.closed = true
 }
 
 // failed returns the first write error, if any.
@@ -152,6 +206,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, limit time.Durat
 
 	// Send keep-alives while the stream is idle.
 	sw := newStreamWriter(w, s.writeTimeout)
+	defer sw.close()
 	var wg sync.WaitGroup
 	tickDone := make(chan struct{})
 	wg.Add(1)

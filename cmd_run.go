@@ -30,18 +30,20 @@ import (
 
 // runCmd is the `taskpipe run` command: it runs a pipeline spec.
 type runCmd struct {
-	Pipeline    string `arg:"" help:"The pipeline spec (YAML)."`
-	Processor   string `help:"Run every row with this processor instead of task.processor."`
-	Processors  string `help:"Processor config file (YAML) for the embedded engine; default: the built-in synthetic processor." env:"TASKPIPE_PROCESSORS" type:"path"`
-	Limit       int64  `help:"Read only the first N source rows (0: all)."`
-	DryRun      bool   `help:"Check the spec and print the plan (source, rows, mapping, target, table DDL); submit nothing."`
-	NoWait      bool   `help:"Submit the rows, print the task group id and return without waiting for results."`
-	RetryFailed bool   `help:"Submit again the rows whose runs failed or were cancelled."`
-	MaxFailed   int64  `help:"Exit with code 3 when more rows than this failed (failed, cancelled, invalid input or output)." default:"0"`
-	JSON        bool   `name:"json" help:"Print a machine-readable summary on standard output."`
-	URL         string `name:"url" help:"Override target.url (server and parallel targets)." env:"TASKPIPE_URL"`
-	APIKey      string `name:"api-key" help:"API key of the target; default: the variable named by target.api_key_env." env:"TASKPIPE_API_KEY"`
-	Progress    string `help:"Progress display: auto (a line on a terminal, else logs), line, log or none." enum:"auto,line,log,none" default:"auto"`
+	Pipeline    string  `arg:"" help:"The pipeline spec (YAML)."`
+	Processor   string  `help:"Run every row with this processor instead of task.processor."`
+	Processors  string  `help:"Processor config file (YAML) for the embedded engine; default: the built-in synthetic processor." env:"TASKPIPE_PROCESSORS" type:"path"`
+	Limit       int64   `help:"Read only the first N source rows (0: all)."`
+	DryRun      bool    `help:"Check the spec and print the plan (source, rows, mapping, target, table DDL); submit nothing."`
+	NoWait      bool    `help:"Submit the rows, print the task group id and return without waiting for results."`
+	RetryFailed bool    `help:"Submit again the rows whose runs failed or were cancelled."`
+	MaxFailed   int64   `help:"Exit with code 3 when more rows than this failed (failed, cancelled, invalid input or output)." default:"0"`
+	JSON        bool    `name:"json" help:"Print a machine-readable summary on standard output."`
+	Estimate    bool    `help:"Print the expected cost of the rows (count × the processor's price) and exit; submit nothing."`
+	MaxCost     float64 `help:"Refuse to start when the expected cost passes this many US dollars, and cap the task group's spending at it." default:"0"`
+	URL         string  `name:"url" help:"Override target.url (server and parallel targets)." env:"TASKPIPE_URL"`
+	APIKey      string  `name:"api-key" help:"API key of the target; default: the variable named by target.api_key_env." env:"TASKPIPE_API_KEY"`
+	Progress    string  `help:"Progress display: auto (a line on a terminal, else logs), line, log or none." enum:"auto,line,log,none" default:"auto"`
 }
 
 // Run executes the command.
@@ -57,8 +59,8 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	if c.Processor != "" {
 		spec.Task.Processor = c.Processor
 	}
-	if c.Limit < 0 || c.MaxFailed < 0 {
-		return withExitCode(exitUsage, errors.New("run: --limit and --max-failed must not be negative"))
+	if c.Limit < 0 || c.MaxFailed < 0 || c.MaxCost < 0 {
+		return withExitCode(exitUsage, errors.New("run: --limit, --max-failed and --max-cost must not be negative"))
 	}
 	src, err := openSource(spec)
 	if err != nil {
@@ -69,18 +71,32 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		return c.dryRun(ctx, spec, src)
 	}
 
-	// Open the sinks and the target.
-	sinkList, closeSinks, err := openSinks(ctx, spec)
-	if err != nil {
-		return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
-	}
-	defer closeSinks()
+	// Price the run before anything is opened for writing.
 	backends := processors.Default(log)
 	if c.Processors != "" {
 		if backends, err = processors.Load(c.Processors, log); err != nil {
 			return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
 		}
 	}
+	if c.Estimate || c.MaxCost > 0 {
+		est, err := c.estimateCost(ctx, spec, src, backends)
+		if err != nil {
+			return withExitCode(exitUsage, fmt.Errorf("run: estimate cost: %w", err))
+		}
+		if c.Estimate {
+			return printEstimate(os.Stdout, est, c.JSON)
+		}
+		if err := c.checkBudget(est); err != nil {
+			return err
+		}
+	}
+
+	// Open the sinks and the target.
+	sinkList, closeSinks, err := openSinks(ctx, spec)
+	if err != nil {
+		return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
+	}
+	defer closeSinks()
 	// Hold the state dir before an embedded engine starts on it: an engine
 	// recovers runs it finds running, which must never be another live
 	// pipeline's.

@@ -481,9 +481,20 @@ func TestEngine_ConcurrencyLimit(t *testing.T) {
 	h := newHarness(t, map[string]engine.Backend{"limited": {Processor: p, Concurrency: 4}})
 	ctx := context.Background()
 	g, _ := h.eng.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{})
-	if _, err := h.eng.AddRuns(ctx, g.TaskGroupID, api.TaskGroupRunRequest{Inputs: inputs(100, "limited"), DefaultTaskSpec: companySpec}); err != nil {
-		t.Fatal(err)
+
+	// Several add calls at once race the dispatcher's own claims for the
+	// free slots; the limit must hold across both.
+	var adds sync.WaitGroup
+	for range 8 {
+		adds.Add(1)
+		go func() {
+			defer adds.Done()
+			if _, err := h.eng.AddRuns(ctx, g.TaskGroupID, api.TaskGroupRunRequest{Inputs: inputs(25, "limited"), DefaultTaskSpec: companySpec}); err != nil {
+				t.Error(err)
+			}
+		}()
 	}
+	adds.Wait()
 	waitGroup(t, ctx, h.eng, g.TaskGroupID)
 	if peak.Load() > 4 || peak.Load() < 1 {
 		t.Fatalf("peak concurrency = %d, want 1..4", peak.Load())

@@ -123,15 +123,20 @@ func (d *dispatcher) loop(ctx context.Context) {
 				return
 			}
 		}
+		// Hold the slots while claiming, so that runs claimed at insert
+		// meanwhile cannot take them too.
+		n = d.hold(n)
 		runs, err := d.claim(ctx, n)
 		if err != nil {
 			if ctx.Err() != nil {
+				d.release(n)
 				return
 			}
 			d.e.log.Error("claim runs", "processor", d.name, "error", err)
 		}
+		jobs := d.register(runs, n)
 		if len(runs) > 0 {
-			d.dispatch(ctx, runs)
+			d.run(ctx, jobs)
 			continue
 		}
 
@@ -155,6 +160,15 @@ func (d *dispatcher) free() int {
 	default:
 	}
 	return max(0, d.backend.Concurrency-len(d.inflight)-d.reserved)
+}
+
+// hold reserves up to n free slots for a claim and returns how many.
+func (d *dispatcher) hold(n int) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n = max(0, min(n, d.backend.Concurrency-len(d.inflight)-d.reserved))
+	d.reserved += n
+	return n
 }
 
 // reserve promises up to n free slots to runs about to be inserted already
@@ -193,6 +207,11 @@ func (d *dispatcher) release(n int) {
 	d.mu.Lock()
 	d.reserved -= n
 	d.mu.Unlock()
+	d.signalFreed()
+}
+
+// signalFreed wakes a loop waiting for a free slot.
+func (d *dispatcher) signalFreed() {
 	select {
 	case d.freed <- struct{}{}:
 	default:
@@ -202,10 +221,8 @@ func (d *dispatcher) release(n int) {
 // dispatchClaimed executes runs stored already claimed, in their reserved
 // slots.
 func (d *dispatcher) dispatchClaimed(runs []store.Run) {
-	d.mu.Lock()
-	d.reserved -= len(runs)
-	d.mu.Unlock()
-	go d.dispatch(d.ctx, runs)
+	jobs := d.register(runs, len(runs))
+	go d.run(d.ctx, jobs)
 }
 
 func (d *dispatcher) claim(ctx context.Context, n int) ([]store.Run, error) {
@@ -219,15 +236,19 @@ func (d *dispatcher) claim(ctx context.Context, n int) ([]store.Run, error) {
 	})
 }
 
-// dispatch registers the claimed runs as in flight and hands them to the
-// processor.
-func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
+// register moves claimed runs into the in-flight set, in the same step
+// giving back the reserved slots held for them, and returns their jobs. A
+// stored run that cannot be decoded fails at once.
+func (d *dispatcher) register(runs []store.Run, reserved int) []Job {
 	now := d.e.now()
 	jobs := make([]Job, 0, len(runs))
-	d.mu.Lock()
+	entries := make([]*job, len(runs))
+	var broken []string
+	var brokenErr []error
 	for i := range runs {
 		r := runs[i]
 		info := d.e.validator.stored(r.SpecHash, r.Spec)
+		entries[i] = &job{run: r, spec: info, started: now}
 		var in api.TaskRunInput
 		err := info.err
 		if err == nil {
@@ -235,14 +256,10 @@ func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
 			spec := info.spec
 			in.TaskSpec = &spec
 		}
-		j := &job{run: r, spec: info, started: now}
-		d.inflight[r.ID] = j
 		if err != nil {
-			// A stored run that cannot be decoded fails at once.
-			go d.e.recorder.complete(d, r.ID, Outcome{Err: fmt.Errorf("read stored run: %w", err)})
+			broken, brokenErr = append(broken, r.ID), append(brokenErr, err)
 			continue
 		}
-		j.timer = time.AfterFunc(d.backend.Timeout, func() { d.timeout(r.ID) })
 		jobs = append(jobs, Job{
 			RunID:      r.ID,
 			GroupID:    r.GroupID,
@@ -253,9 +270,29 @@ func (d *dispatcher) dispatch(ctx context.Context, runs []store.Run) {
 			Deadline:   now.Add(d.backend.Timeout),
 		})
 	}
+
+	// Count them in flight and start their deadlines.
+	d.mu.Lock()
+	d.reserved -= reserved
+	for _, j := range entries {
+		id := j.run.ID
+		j.timer = time.AfterFunc(d.backend.Timeout, func() { d.timeout(id) })
+		d.inflight[id] = j
+	}
 	d.mu.Unlock()
+	if unused := reserved - len(runs); unused > 0 {
+		d.signalFreed()
+	}
 	d.e.metrics.queueDepth.WithLabelValues(d.name).Sub(float64(len(runs)))
 	d.e.metrics.inflight.WithLabelValues(d.name).Add(float64(len(runs)))
+	for i, id := range broken {
+		d.e.recorder.complete(d, id, Outcome{Err: fmt.Errorf("read stored run: %w", brokenErr[i])})
+	}
+	return jobs
+}
+
+// run serves jobs from the result cache or hands them to the processor.
+func (d *dispatcher) run(ctx context.Context, jobs []Job) {
 	if jobs = d.fromCache(ctx, jobs); len(jobs) > 0 {
 		d.execute(ctx, jobs)
 	}
@@ -300,10 +337,7 @@ func (d *dispatcher) take(runID string) (*job, bool) {
 	d.mu.Unlock()
 	if ok {
 		d.e.metrics.inflight.WithLabelValues(d.name).Dec()
-		select {
-		case d.freed <- struct{}{}:
-		default:
-		}
+		d.signalFreed()
 		if empty {
 			d.checkIdle()
 		}

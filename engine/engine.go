@@ -168,7 +168,7 @@ func New(opts Options) (*Engine, error) {
 		}
 		e.backends[name] = b.withDefaults()
 	}
-	m, err := newMetrics(opts.Metrics)
+	m, err := newMetrics(opts.Metrics, opts.Store)
 	if err != nil {
 		return nil, fmt.Errorf("engine: register metrics: %w", err)
 	}

@@ -205,13 +205,13 @@ func (e *Engine) submit(ctx context.Context, groupID string, inputs []api.TaskRu
 	e.hub.publish(res.Events)
 
 	// Start the claimed runs and wake the dispatchers for the rest.
-	counts := make(map[string]int)
+	processors := make(map[string]bool)
 	for i := range runs {
-		counts[runs[i].Processor]++
+		processors[runs[i].Processor] = true
 	}
-	for p, n := range counts {
+	for p := range processors {
 		d := e.dispatchers[p]
-		d.queued(n)
+		d.wake()
 		if idx := claimed[p]; len(idx) > 0 {
 			batch := make([]store.Run, len(idx))
 			for k, i := range idx {

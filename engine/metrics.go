@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -12,22 +13,43 @@ import (
 
 // metrics are the engine's Prometheus collectors.
 type metrics struct {
-	runs       *prometheus.CounterVec   // runs by processor and outcome
-	queueDepth *prometheus.GaugeVec     // runs queued on this node's watch
-	inflight   *prometheus.GaugeVec     // runs executing on this node
-	latency    *prometheus.HistogramVec // attempt duration by processor
+	runs     *prometheus.CounterVec   // runs by processor and outcome
+	inflight *prometheus.GaugeVec     // runs executing on this node
+	latency  *prometheus.HistogramVec // attempt duration by processor
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// queueDepthDesc describes the queue depth, read from the store when
+// scraped so that it counts every node's runs and survives restarts.
+var queueDepthDesc = prometheus.NewDesc("taskpipe_queue_depth",
+	"Runs queued and waiting for a processor slot, by processor (all nodes).",
+	[]string{"processor"}, nil)
+
+// queueCollector reports the queue depth from the store.
+type queueCollector struct {
+	store store.Store
+}
+
+func (c queueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- queueDepthDesc }
+
+func (c queueCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	depth, err := c.store.QueueDepth(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(queueDepthDesc, err)
+		return
+	}
+	for p, n := range depth {
+		ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, float64(n), p)
+	}
+}
+
+func newMetrics(reg prometheus.Registerer, st store.Store) (*metrics, error) {
 	m := &metrics{
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "taskpipe_runs_total",
 			Help: "Runs submitted and finished, by processor and status (submitted, completed, failed, cancelled, retried).",
 		}, []string{"processor", "status"}),
-		queueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "taskpipe_queue_depth",
-			Help: "Runs waiting for a processor slot, by processor, as seen by this node.",
-		}, []string{"processor"}),
 		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "taskpipe_runs_executing",
 			Help: "Runs executing on this node, by processor.",
@@ -41,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.runs, m.queueDepth, m.inflight, m.latency} {
+	for _, c := range []prometheus.Collector{m.runs, m.inflight, m.latency, queueCollector{st}} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -84,12 +84,6 @@ func (d *dispatcher) wake() {
 	}
 }
 
-// queued tells the dispatcher that n runs were added for it.
-func (d *dispatcher) queued(n int) {
-	d.e.metrics.queueDepth.WithLabelValues(d.name).Add(float64(n))
-	d.wake()
-}
-
 func (d *dispatcher) start(ctx context.Context, wg *sync.WaitGroup) {
 	d.ctx = ctx
 	wg.Add(1)
@@ -283,7 +277,6 @@ func (d *dispatcher) register(runs []store.Run, reserved int) []Job {
 	if unused := reserved - len(runs); unused > 0 {
 		d.signalFreed()
 	}
-	d.e.metrics.queueDepth.WithLabelValues(d.name).Sub(float64(len(runs)))
 	d.e.metrics.inflight.WithLabelValues(d.name).Add(float64(len(runs)))
 	for i, id := range broken {
 		d.e.recorder.complete(d, id, Outcome{Err: fmt.Errorf("read stored run: %w", brokenErr[i])})

@@ -244,6 +244,8 @@ type Store interface {
 	// cacheKey that completed at or after since; ok is false when there is
 	// none.
 	CachedOutput(ctx context.Context, processor, cacheKey string, since time.Time) (out json.RawMessage, ok bool, err error)
+	// QueueDepth counts queued runs by processor, across all groups.
+	QueueDepth(ctx context.Context) (map[string]int64, error)
 	// SaveCheckpoint stores processor state for a run.
 	SaveCheckpoint(ctx context.Context, runID string, state json.RawMessage) error
 	// CancelRuns cancels the given runs (or every active run of groupID

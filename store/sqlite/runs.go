@@ -292,6 +292,30 @@ func (tx *wtx) insertRuns(runs []store.Run, metas []json.RawMessage, groupID str
 	return nil
 }
 
+// QueueDepth counts queued runs by processor.
+func (s *Store) QueueDepth(ctx context.Context) (map[string]int64, error) {
+	st, err := s.readStmt(ctx, `SELECT processor, count(*) FROM runs WHERE status = 'queued'
+		GROUP BY processor`)
+	if err != nil {
+		return nil, fmt.Errorf("count queued runs: %w", err)
+	}
+	rows, err := st.QueryContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("count queued runs: %w", err)
+	}
+	defer rows.Close()
+	depth := make(map[string]int64)
+	for rows.Next() {
+		var p string
+		var n int64
+		if err := rows.Scan(&p, &n); err != nil {
+			return nil, fmt.Errorf("count queued runs: %w", err)
+		}
+		depth[p] = n
+	}
+	return depth, rows.Err()
+}
+
 // CachedOutput returns the output of the newest run of processor with
 // cacheKey that completed at or after since.
 func (s *Store) CachedOutput(ctx context.Context, processor, cacheKey string,

@@ -99,3 +99,22 @@ func testCachedOutput(t *testing.T, open OpenFunc) {
 		t.Fatal("an empty cache key matched")
 	}
 }
+
+func testQueueDepth(t *testing.T, open OpenFunc) {
+	s := open(t)
+	ctx := context.Background()
+	newGroup(t, s, "g1")
+	runs := makeRuns("g1", "r", 5)
+	runs[4].Processor = "base"
+	addRuns(t, s, "g1", runs)
+	if _, err := s.ClaimRuns(ctx, store.Claim{Processor: "lite", Node: "n1", Limit: 1, Now: at(2), LeaseUntil: at(100)}); err != nil {
+		t.Fatal(err)
+	}
+	depth, err := s.QueueDepth(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if depth["lite"] != 3 || depth["base"] != 1 || len(depth) != 2 {
+		t.Fatalf("queue depth = %v, want lite 3, base 1", depth)
+	}
+}

@@ -72,6 +72,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"Reopen", testReopen},
 		{"Budget", testBudget},
 		{"CachedOutput", testCachedOutput},
+		{"QueueDepth", testQueueDepth},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -32,6 +32,7 @@ import (
 type runCmd struct {
 	Pipeline    string  `arg:"" help:"The pipeline spec (YAML)."`
 	Processor   string  `help:"Run every row with this processor instead of task.processor."`
+	Target      string  `help:"Run on this target instead of target.engine: embedded, server or parallel." enum:",embedded,server,parallel" default:""`
 	Processors  string  `help:"Processor config file (YAML) for the embedded engine; default: the built-in synthetic processor." env:"TASKPIPE_PROCESSORS" type:"path"`
 	Limit       int64   `help:"Read only the first N source rows (0: all)."`
 	DryRun      bool    `help:"Check the spec and print the plan (source, rows, mapping, target, table DDL); submit nothing."`
@@ -51,16 +52,25 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	// Load and check the spec; every problem is a usage error.
-	spec, err := specs.LoadPipeline(c.Pipeline)
+	// Load and check the spec, flags applied; every problem is a usage error.
+	if c.Limit < 0 || c.MaxFailed < 0 || c.MaxCost < 0 {
+		return withExitCode(exitUsage, errors.New("run: --limit, --max-failed and --max-cost must not be negative"))
+	}
+	spec, err := specs.LoadPipelineWith(c.Pipeline,
+		specs.Overrides{Engine: c.Target, URL: c.URL, Processor: c.Processor})
 	if err != nil {
 		return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
 	}
-	if c.Processor != "" {
-		spec.Task.Processor = c.Processor
+	backends := processors.Default(log)
+	if c.Processors != "" {
+		if backends, err = processors.Load(c.Processors, log); err != nil {
+			return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
+		}
 	}
-	if c.Limit < 0 || c.MaxFailed < 0 || c.MaxCost < 0 {
-		return withExitCode(exitUsage, errors.New("run: --limit, --max-failed and --max-cost must not be negative"))
+	if _, ok := backends[spec.Task.Processor]; !ok && spec.Target.Engine == specs.EngineEmbedded {
+		return withExitCode(exitUsage, fmt.Errorf(
+			"run: task.processor: the embedded engine has no processor %q (it has %s); define it with --processors",
+			spec.Task.Processor, strings.Join(slices.Sorted(maps.Keys(backends)), ", ")))
 	}
 	src, err := openSource(spec)
 	if err != nil {
@@ -72,12 +82,6 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	}
 
 	// Price the run before anything is opened for writing.
-	backends := processors.Default(log)
-	if c.Processors != "" {
-		if backends, err = processors.Load(c.Processors, log); err != nil {
-			return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
-		}
-	}
 	if c.Estimate || c.MaxCost > 0 {
 		est, err := c.estimateCost(ctx, spec, src, backends)
 		if err != nil {
@@ -91,23 +95,24 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		}
 	}
 
-	// Open the sinks and the target.
-	sinkList, closeSinks, err := openSinks(ctx, spec)
-	if err != nil {
-		return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
-	}
-	defer closeSinks()
-	// Hold the state dir before an embedded engine starts on it: an engine
-	// recovers runs it finds running, which must never be another live
-	// pipeline's.
+	// Hold the state dir before the sinks and an embedded engine open: an
+	// engine recovers runs it finds running, which must never be another
+	// live pipeline's, and a second run should hear that the state is in
+	// use rather than meet a sink's file lock.
 	stateDir := spec.Resolve(spec.Target.StateDir)
 	lock, err := pipeline.LockState(stateDir)
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
 	defer lock.Unlock()
+	sinkList, closeSinks, err := openSinks(ctx, spec)
+	if err != nil {
+		return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
+	}
+	defer closeSinks()
 	target, err := pipeline.OpenTarget(ctx, spec.Target, pipeline.TargetOptions{
-		StateDir: stateDir, Backends: backends, URL: c.URL, APIKey: c.APIKey, Logger: log})
+		StateDir: stateDir, Backends: backends, URL: c.URL, APIKey: c.APIKey, Logger: log,
+		NoExecute: c.NoWait})
 	if err != nil {
 		return withExitCode(exitCodeOf(err), fmt.Errorf("run: %w", err))
 	}

@@ -64,12 +64,26 @@ func (c *CLI) newLogger() *slog.Logger {
 
 func main() {
 	var cli CLI
-	kctx := kong.Parse(&cli,
+	parser, err := kong.New(&cli,
 		kong.Name("taskpipe"),
 		kong.Description("Task groups as a service, and as a SQL pipeline step."),
 		kong.UsageOnError(),
 	)
-	err := kctx.Run(&cli, cli.newLogger())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "taskpipe:", err)
+		os.Exit(exitError)
+	}
+	kctx, err := parser.Parse(os.Args[1:])
+	if err != nil {
+		// Bad flags, arguments or values: a usage error.
+		var perr *kong.ParseError
+		if errors.As(err, &perr) && perr.Context != nil {
+			_ = perr.Context.PrintUsage(true)
+		}
+		fmt.Fprintln(os.Stderr, "taskpipe:", err)
+		os.Exit(exitUsage)
+	}
+	err = kctx.Run(&cli, cli.newLogger())
 	if err == nil {
 		os.Exit(exitOK)
 	}

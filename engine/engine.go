@@ -93,6 +93,11 @@ type Options struct {
 	PollInterval time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Paused makes the engine accept and store runs but execute none: for
+	// a process that only submits and exits (taskpipe run --no-wait on the
+	// embedded engine), leaving execution to the next engine started on
+	// the same store, so that no run is started only to be abandoned.
+	Paused bool
 }
 
 // ErrStopped is returned by calls that submit work after Stop began.
@@ -107,6 +112,7 @@ type Engine struct {
 	log      *slog.Logger
 	now      func() time.Time
 	poll     time.Duration
+	paused   bool
 	metrics  *metrics
 
 	hub       *hub
@@ -158,6 +164,7 @@ func New(opts Options) (*Engine, error) {
 		log:         opts.Logger,
 		now:         opts.Now,
 		poll:        opts.PollInterval,
+		paused:      opts.Paused,
 		hub:         newHub(),
 		validator:   newValidator(),
 		dispatchers: make(map[string]*dispatcher),
@@ -205,8 +212,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.workCtx, e.workCancel = context.WithCancel(context.WithoutCancel(ctx))
 	e.recorder.start(&e.wg)
 	e.webhooks.start(e.workCtx, &e.wg)
-	for _, d := range e.dispatchers {
-		d.start(e.workCtx, &e.wg)
+	if !e.paused {
+		for _, d := range e.dispatchers {
+			d.start(e.workCtx, &e.wg)
+		}
 	}
 	e.wg.Add(1)
 	go e.recoverLoop(e.workCtx)

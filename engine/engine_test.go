@@ -657,3 +657,45 @@ func TestEngine_ProcessorPanicFailsItsRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestEngine_PausedStoresWithoutExecuting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "engine.db")
+	open := func(paused bool) (*engine.Engine, store.Store) {
+		st, err := sqlite.Open(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng, err := engine.New(engine.Options{Store: st, Backends: processors.Default(nil), Node: "n", Paused: paused})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := eng.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return eng, st
+	}
+
+	// A paused engine stores the runs and leaves them queued.
+	eng, st := open(true)
+	g, _ := eng.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{})
+	if _, err := eng.AddRuns(ctx, g.TaskGroupID, api.TaskGroupRunRequest{Inputs: inputs(50, "synthetic")}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := eng.GetTaskGroup(ctx, g.TaskGroupID)
+	if got.Status.TaskRunStatusCounts[api.StatusQueued] != 50 {
+		t.Fatalf("paused engine: counts = %v, want 50 queued", got.Status.TaskRunStatusCounts)
+	}
+	_ = eng.Stop(ctx)
+	_ = st.Close()
+
+	// The next engine on the same store executes them.
+	eng, st = open(false)
+	t.Cleanup(func() { _ = eng.Stop(ctx); _ = st.Close() })
+	waitGroup(t, ctx, eng, g.TaskGroupID)
+	got, _ = eng.GetTaskGroup(ctx, g.TaskGroupID)
+	if got.Status.TaskRunStatusCounts[api.StatusCompleted] != 50 {
+		t.Fatalf("after restart: counts = %v, want 50 completed", got.Status.TaskRunStatusCounts)
+	}
+}

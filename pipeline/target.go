@@ -51,7 +51,11 @@ type TargetOptions struct {
 	// groups and follows their events (another process executes the
 	// runs) and recovers nothing.
 	Observe bool
-	Logger  *slog.Logger
+	// NoExecute starts an embedded engine that stores runs but executes
+	// none (taskpipe run --no-wait): the process exits right after
+	// submitting, and the next run or wait on the state executes them.
+	NoExecute bool
+	Logger    *slog.Logger
 }
 
 // OpenTarget opens the target a pipeline spec names: an in-process engine
@@ -98,7 +102,7 @@ func openEmbedded(ctx context.Context, o TargetOptions, log *slog.Logger) (*Targ
 		return nil, fmt.Errorf("open embedded engine store: %w", err)
 	}
 	e, err := engine.New(engine.Options{Store: st, Backends: o.Backends, Node: embeddedNode,
-		Logger: log.With("component", "engine")})
+		Logger: log.With("component", "engine"), Paused: o.NoExecute})
 	if err != nil {
 		st.Close()
 		return nil, fmt.Errorf("make embedded engine: %w", err)

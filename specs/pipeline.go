@@ -201,6 +201,20 @@ type ParquetSink struct {
 
 // LoadPipeline reads, resolves and validates the pipeline spec at path.
 func LoadPipeline(path string) (*Pipeline, error) {
+	return LoadPipelineWith(path, Overrides{})
+}
+
+// Overrides replace fields of a pipeline spec before it is validated, as
+// command-line flags do.
+type Overrides struct {
+	// Engine replaces target.engine, URL target.url and Processor
+	// task.processor when not empty.
+	Engine, URL, Processor string
+}
+
+// LoadPipelineWith is LoadPipeline with overrides applied before the spec
+// is validated.
+func LoadPipelineWith(path string, o Overrides) (*Pipeline, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read pipeline spec: %w", err)
@@ -209,13 +223,17 @@ func LoadPipeline(path string) (*Pipeline, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read pipeline spec: %w", err)
 	}
-	return ParsePipeline(data, dir)
+	return parsePipeline(data, dir, o)
 }
 
 // ParsePipeline decodes a pipeline spec strictly (unknown fields are
 // errors), applies defaults, resolves its task spec (spec files are read
 // relative to dir) and validates it. The error lists every problem found.
 func ParsePipeline(data []byte, dir string) (*Pipeline, error) {
+	return parsePipeline(data, dir, Overrides{})
+}
+
+func parsePipeline(data []byte, dir string, o Overrides) (*Pipeline, error) {
 	var p Pipeline
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -230,6 +248,15 @@ func ParsePipeline(data []byte, dir string) (*Pipeline, error) {
 		return nil, errors.New("decode pipeline spec: more than one YAML document")
 	}
 	p.Dir = dir
+	if o.Engine != "" {
+		p.Target.Engine = o.Engine
+	}
+	if o.URL != "" {
+		p.Target.URL = o.URL
+	}
+	if o.Processor != "" {
+		p.Task.Processor = o.Processor
+	}
 	p.applyDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, err

@@ -33,7 +33,7 @@ type serveCmd struct {
 	Node            string        `help:"Node id of this engine among nodes sharing a store (default: host name)." env:"TASKPIPE_NODE"`
 	ShutdownTimeout time.Duration `help:"How long a shutdown waits for requests and running work before cancelling them." default:"30s" env:"TASKPIPE_SHUTDOWN_TIMEOUT"`
 	Keepalive       time.Duration `help:"Idle time after which an event stream sends a keep-alive comment." default:"15s" env:"TASKPIPE_KEEPALIVE"`
-	MaxBody         int64         `help:"Largest request body in bytes (an add-runs call of 1,000 inputs must fit)." default:"10485760" env:"TASKPIPE_MAX_BODY"`
+	MaxBody         int64         `help:"Largest request body in bytes; the default fits an add-runs call of 1,000 inputs at the 25,000-character limit of spec and input." default:"33554432" env:"TASKPIPE_MAX_BODY"`
 	MaxGroupCost    float64       `help:"Most the runs of one task group may cost in US dollars (sum of price_per_run); 0: no cap. A group's metadata max_cost_usd may set a lower one." default:"0" env:"TASKPIPE_MAX_GROUP_COST"`
 	WebhookSecret   string        `help:"Secret that signs webhook deliveries (Standard Webhooks; whsec_<base64> or raw); empty sends them unsigned." env:"TASKPIPE_WEBHOOK_SECRET"`
 }

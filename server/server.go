@@ -41,7 +41,7 @@ type Service interface {
 // Defaults of Options.
 const (
 	DefaultKeepalive          = 15 * time.Second
-	DefaultMaxBody            = 10 << 20
+	DefaultMaxBody            = 32 << 20
 	DefaultStreamWriteTimeout = time.Minute
 	// DefaultResultTimeout is the wait of the result endpoint without a
 	// timeout query, as in Parallel's API.

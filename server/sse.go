@@ -212,7 +212,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, limit time.Durat
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(s.keepalive)
+		// Ticking at half the interval keeps any silence under it: a tick
+		// that follows a write sends nothing.
+		t := time.NewTicker(s.keepalive / 2)
 		defer t.Stop()
 		for {
 			select {

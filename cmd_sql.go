@@ -17,7 +17,7 @@ import (
 // sqlCmd is `taskpipe sql`: a query against a DuckDB database, for looking
 // at result tables where no DuckDB shell is installed.
 type sqlCmd struct {
-	Database string `arg:"" help:"DuckDB database file (opened read-only)." type:"existingfile"`
+	Database string `arg:"" help:"DuckDB database file (opened read-only), or :memory: to query files such as a Parquet sink with read_parquet('out.parquet')."`
 	Query    string `arg:"" help:"SQL to run, e.g. \"SELECT * FROM company_research LIMIT 5\"."`
 	JSON     bool   `help:"Print one JSON object per row instead of a table."`
 }
@@ -25,7 +25,15 @@ type sqlCmd struct {
 // Run executes the query and prints its rows.
 func (c *sqlCmd) Run(cli *CLI, log *slog.Logger) error {
 	ctx := context.Background()
-	db, err := sinks.OpenDuckDBReadOnly(c.Database)
+	var db *sql.DB
+	var err error
+	if c.Database == ":memory:" {
+		db, err = sinks.OpenDuckDB("")
+	} else if _, serr := os.Stat(c.Database); serr != nil {
+		return withExitCode(exitUsage, fmt.Errorf("sql: database %s: %w", c.Database, serr))
+	} else {
+		db, err = sinks.OpenDuckDBReadOnly(c.Database)
+	}
 	if err != nil {
 		return withExitCode(exitUsage, fmt.Errorf("sql: %w", err))
 	}

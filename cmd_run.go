@@ -122,7 +122,7 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	sum, err := pipeline.Run(ctx, pipeline.Options{
 		Name: pipelineName(spec), Source: src, Sinks: sinkList, Key: spec.Key,
 		Mapping: spec.Mapping, TaskSpec: spec.TaskSpec, Processor: spec.Task.Processor,
-		Metadata: api.Metadata(spec.Task.Metadata), Groups: target.Groups, Target: target.ID,
+		Metadata: api.Metadata(spec.Task.Metadata), MaxCost: c.MaxCost, Groups: target.Groups, Target: target.ID,
 		StateDir: stateDir, StateLock: lock, Limit: c.Limit, RetryFailed: c.RetryFailed, NoWait: c.NoWait,
 		AddsPerMinute: float64(spec.Target.AddsPerMinute), Logger: log,
 		Progress: c.progress(log), ProgressEvery: c.progressEvery(),
@@ -391,7 +391,7 @@ func exitCodeOf(err error) int {
 	var netErr net.Error
 	var urlErr *url.Error
 	switch {
-	case errors.Is(err, pipeline.ErrPlan):
+	case errors.Is(err, pipeline.ErrPlan), errors.Is(err, api.ErrPaymentRequired):
 		return exitUsage
 	case errors.Is(err, pipeline.ErrUnreachable), errors.Is(err, api.ErrUnavailable),
 		errors.Is(err, api.ErrUnauthorized), errors.Is(err, syscall.ECONNREFUSED),

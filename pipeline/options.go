@@ -39,6 +39,9 @@ type Options struct {
 	Processor string
 	// Metadata is attached to every run next to the pipeline's own keys.
 	Metadata api.Metadata
+	// MaxCost, when positive, caps what a new task group's runs may cost
+	// in US dollars (api.MetadataMaxCost); the target refuses runs beyond.
+	MaxCost float64
 	// Groups reaches the task groups: the in-process engine or a client.
 	Groups api.TaskGroups
 	// Target identifies where Groups leads ("embedded", "server

@@ -182,6 +182,9 @@ func (r *runner) ensureGroup(ctx context.Context) error {
 		}
 	}
 	md := api.Metadata{"taskpipe": truncate(r.opts.Name, maxMetaValue)}
+	if r.opts.MaxCost > 0 {
+		md[api.MetadataMaxCost] = r.opts.MaxCost
+	}
 	g, err := r.opts.Groups.CreateTaskGroup(ctx, api.CreateTaskGroupRequest{Metadata: md})
 	if err != nil {
 		return fmt.Errorf("create task group: %w", err)

@@ -39,7 +39,14 @@ type mapper struct {
 	// mapped: the input is then that value as a string.
 	textInput bool
 	schema    *specs.Schema
+	// specChars is the length of the task spec's JSON, which counts with
+	// each input against the Task API's size limit.
+	specChars int
 }
+
+// MaxSpecAndInputChars is the Task API's limit on a run's task spec and
+// input together; a longer row is written invalid_input, not submitted.
+const MaxSpecAndInputChars = 25000
 
 // newMapper resolves key columns and the mapping against the source's
 // columns. An empty mapping maps every column onto the field of the same
@@ -52,6 +59,9 @@ func newMapper(cols []Column, key []string, mapping map[string]specs.MappingEntr
 	}
 	var errs []error
 	m := &mapper{}
+	if b, err := json.Marshal(spec); err == nil {
+		m.specChars = len(b)
+	}
 
 	// Key columns: at least one, each present in the source.
 	if len(key) == 0 {
@@ -172,6 +182,11 @@ func (m *mapper) mapRow(row []any) mappedRow {
 	sum := sha256.Sum256(b)
 	r.Fingerprint = hex.EncodeToString(sum[:16])
 	if r.Invalid != "" {
+		return r
+	}
+	if n := len(b) + m.specChars; n > MaxSpecAndInputChars {
+		r.Invalid = fmt.Sprintf("input is %d characters; with the task spec's %d that is more than the "+
+			"Task API's limit of %d", len(b), m.specChars, MaxSpecAndInputChars)
 		return r
 	}
 	if m.schema != nil {

@@ -149,8 +149,13 @@ func (c *Client) resumable(ctx context.Context, endpoint, path string, query fun
 			return err
 		}
 		wait := c.backoff(failures - 1)
-		c.log.Warn("resuming event stream", "endpoint", endpoint, "attempt", failures,
-			"wait", wait, "error", err)
+		if err != nil {
+			c.log.Warn("resuming event stream", "endpoint", endpoint, "attempt", failures,
+				"wait", wait, "error", err)
+		} else {
+			c.log.Info("event stream ended before the group finished; reconnecting",
+				"endpoint", endpoint, "attempt", failures, "wait", wait)
+		}
 		if err := sleepCtx(ctx, wait); err != nil {
 			return err
 		}

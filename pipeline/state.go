@@ -3,13 +3,12 @@ package pipeline
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -52,6 +51,9 @@ type rowState struct {
 // transaction survives kill -9 of the process).
 type stateStore struct {
 	db *sql.DB
+	// stmts caches prepared statements by their text (see prepared).
+	stmtMu sync.Mutex
+	stmts  map[string]*sql.Stmt
 	// lock is held while the store is open, unless the caller holds it.
 	lock *StateLock
 	path string
@@ -150,7 +152,7 @@ func openState(ctx context.Context, dir string, held *StateLock) (*stateStore, e
 		release()
 		return nil, fmt.Errorf("create state schema in %s: %w", path, err)
 	}
-	st := &stateStore{db: db, path: path}
+	st := &stateStore{db: db, path: path, stmts: map[string]*sql.Stmt{}}
 	if held == nil {
 		st.lock = lock
 	}
@@ -159,6 +161,9 @@ func openState(ctx context.Context, dir string, held *StateLock) (*stateStore, e
 
 // Close closes the store and releases the directory lock it took.
 func (s *stateStore) Close() error {
+	for _, st := range s.stmts {
+		st.Close()
+	}
 	err := s.db.Close()
 	if lerr := s.lock.Unlock(); err == nil {
 		err = lerr
@@ -238,155 +243,6 @@ func (s *stateStore) rows(ctx context.Context, keys []string) (map[string]rowSta
 	return byKey, nil
 }
 
-// lookup returns the rows whose column (key or run_id) is one of values,
-// in one statement: the values travel as one JSON array.
-func (s *stateStore) lookup(ctx context.Context, column string, values []string) ([]rowState, error) {
-	if len(values) == 0 {
-		return nil, nil
-	}
-	list, err := json.Marshal(values)
-	if err != nil {
-		return nil, err
-	}
-	rs, err := s.db.QueryContext(ctx, `SELECT `+rowColumns+` FROM rows
-		WHERE `+column+` IN (SELECT value FROM json_each(?))`, string(list))
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-	var out []rowState
-	for rs.Next() {
-		r, err := scanRow(rs)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rs.Err()
-}
-
-// putRows stores row states in one statement (one transaction).
-func (s *stateStore) putRows(ctx context.Context, rows []rowState) error {
-	if len(rows) == 0 {
-		return nil
-	}
-	type jsonRow struct {
-		K  string `json:"k"`
-		V  string `json:"v"`
-		F  string `json:"f"`
-		S  string `json:"s"`
-		G  string `json:"g"`
-		R  string `json:"r"`
-		St string `json:"t"`
-		P  int64  `json:"p"`
-	}
-	list := make([]jsonRow, len(rows))
-	for i, r := range rows {
-		list[i] = jsonRow{r.Key, r.KeyValues, r.Fingerprint, r.SpecHash, r.GroupID, r.RunID,
-			r.Status, r.Pass}
-	}
-	data, err := json.Marshal(list)
-	if err != nil {
-		return fmt.Errorf("store row states: %w", err)
-	}
-	_, err = s.db.ExecContext(ctx, `
-		INSERT INTO rows (key, key_values, fingerprint, spec_hash, group_id, run_id, status,
-			pass, updated_at)
-		SELECT j.value->>'k', j.value->>'v', j.value->>'f', j.value->>'s', j.value->>'g',
-			j.value->>'r', j.value->>'t', j.value->>'p', ?
-		FROM json_each(?) AS j WHERE true
-		ON CONFLICT (key) DO UPDATE SET key_values = excluded.key_values,
-			fingerprint = excluded.fingerprint, spec_hash = excluded.spec_hash,
-			group_id = excluded.group_id, run_id = excluded.run_id, status = excluded.status,
-			pass = excluded.pass, updated_at = excluded.updated_at`, now(), string(data))
-	if err != nil {
-		return fmt.Errorf("store %d row states: %w", len(rows), err)
-	}
-	return nil
-}
-
-// settle records the final status of rows whose results the sinks hold,
-// but only while the row is still served by that run (a newer run of the
-// same key is never overwritten by an older one). It returns how many of
-// the settled rows were read by pass.
-func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass int64) (int64, error) {
-	if len(runs) == 0 {
-		return 0, nil
-	}
-	// One statement per status, each finding its rows through the run_id
-	// index.
-	byStatus := map[string][]string{}
-	for runID, status := range runs {
-		byStatus[status] = append(byStatus[status], runID)
-	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, fmt.Errorf("settle rows: %w", err)
-	}
-	defer tx.Rollback()
-	at := now()
-	var inPass int64
-	for status, ids := range byStatus {
-		list, err := json.Marshal(ids)
-		if err != nil {
-			return 0, fmt.Errorf("settle rows: %w", err)
-		}
-		rs, err := tx.QueryContext(ctx, `UPDATE rows SET status = ?, updated_at = ?
-			WHERE run_id IN (SELECT value FROM json_each(?)) AND status = ?
-			RETURNING pass`, status, at, string(list), stateSubmitted)
-		if err != nil {
-			return 0, fmt.Errorf("settle rows: %w", err)
-		}
-		for rs.Next() {
-			var p int64
-			if err := rs.Scan(&p); err != nil {
-				rs.Close()
-				return 0, fmt.Errorf("settle rows: %w", err)
-			}
-			if p == pass {
-				inPass++
-			}
-		}
-		rs.Close()
-		if err := rs.Err(); err != nil {
-			return 0, fmt.Errorf("settle rows: %w", err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("settle rows: %w", err)
-	}
-	return inPass, nil
-}
-
-// byRunIDs returns the rows served by the given runs, keyed by run id.
-func (s *stateStore) byRunIDs(ctx context.Context, ids []string) (map[string]rowState, error) {
-	out, err := s.lookup(ctx, "run_id", ids)
-	if err != nil {
-		return nil, fmt.Errorf("load rows by run: %w", err)
-	}
-	byRun := make(map[string]rowState, len(out))
-	for _, r := range out {
-		byRun[r.RunID] = r
-	}
-	return byRun, nil
-}
-
-// deleteRows forgets rows (a submission that never reached the group).
-func (s *stateStore) deleteRows(ctx context.Context, keys []string) error {
-	for start := 0; start < len(keys); start += 500 {
-		part := keys[start:min(start+500, len(keys))]
-		args := make([]any, len(part))
-		for i, k := range part {
-			args[i] = k
-		}
-		if _, err := s.db.ExecContext(ctx,
-			`DELETE FROM rows WHERE key IN (`+placeholders(len(part))+`)`, args...); err != nil {
-			return fmt.Errorf("forget rows: %w", err)
-		}
-	}
-	return nil
-}
-
 // rowColumns are the columns scanRow reads, in order.
 const rowColumns = `key, key_values, fingerprint, spec_hash, group_id, run_id, status, pass`
 
@@ -441,11 +297,6 @@ func (s *stateStore) submitting(ctx context.Context) (map[string]rowState, error
 		out[r.Key] = r
 	}
 	return out, rs.Err()
-}
-
-// placeholders returns "?, ?, ..." with n marks.
-func placeholders(n int) string {
-	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
 func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }

@@ -212,14 +212,7 @@ func (s *submitter) addChunk(ctx context.Context, n int) error {
 	if len(resp.RunIDs) != n {
 		return fmt.Errorf("add %d runs to group %s: got %d run ids", n, s.groupID, len(resp.RunIDs))
 	}
-	// TODO(perf): this second upsert of every row (the first recorded it
-	// as submitting) is a third of the state store's cost per row; an
-	// UPDATE of run_id and status alone would do.
-	for i := range rows {
-		rows[i].RunID = resp.RunIDs[i]
-		rows[i].Status = stateSubmitted
-	}
-	if err := s.state.putRows(ctx, rows); err != nil {
+	if err := s.state.setSubmitted(ctx, rows, resp.RunIDs); err != nil {
 		return err
 	}
 	s.counts.submitted.Add(int64(n))

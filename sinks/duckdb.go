@@ -12,6 +12,7 @@ import (
 	"hash/maphash"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/duckdb/duckdb-go/v2"
@@ -54,7 +55,22 @@ type DuckDB struct {
 	// Go types than a source gives, so every batch then runs the DELETE.
 	written map[uint64]struct{}
 	seed    maphash.Seed
+
+	// path, for a sink that owns its database file, lets it let go of the
+	// file after idle without a write and open it again at the next one:
+	// DuckDB allows one process to hold a file for writing, and releasing
+	// it lets other processes (taskpipe sql, dbt) query the rows written so
+	// far while a slow group runs.
+	path      string
+	idle      time.Duration
+	mu        sync.Mutex
+	idleTimer *time.Timer
+	released  bool
 }
+
+// DefaultReleaseIdle is how long a sink that owns its DuckDB file holds it
+// without writing before it releases the file to other processes.
+const DefaultReleaseIdle = time.Second
 
 var _ Sink = (*DuckDB)(nil)
 
@@ -75,6 +91,7 @@ func NewDuckDBFile(path, name string) (*DuckDB, error) {
 	}
 	s := NewDuckDB(db, name)
 	s.ownDB = true
+	s.path, s.idle = path, DefaultReleaseIdle
 	return s, nil
 }
 
@@ -289,6 +306,56 @@ func compareColumns(table string, have, want []describedColumn) error {
 
 // Write upserts a batch in one transaction.
 func (s *DuckDB) Write(ctx context.Context, rows []Row) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.released {
+		if err := s.reopen(ctx); err != nil {
+			return err
+		}
+	}
+	err := s.write(ctx, rows)
+	if s.path != "" && s.idle > 0 {
+		if s.idleTimer == nil {
+			s.idleTimer = time.AfterFunc(s.idle, s.release)
+		} else {
+			s.idleTimer.Reset(s.idle)
+		}
+	}
+	return err
+}
+
+// reopen takes the released database file again for the next write; what
+// the sink knows of the keys it wrote survives.
+func (s *DuckDB) reopen(ctx context.Context) error {
+	db, err := OpenDuckDB(s.path)
+	if err != nil {
+		return fmt.Errorf("reopen sink table %s: %w", s.name, err)
+	}
+	written, seed := s.written, s.seed
+	s.db, s.released = db, false
+	if err := s.Open(ctx, s.table); err != nil {
+		return err
+	}
+	if written != nil {
+		s.written, s.seed = written, seed
+	}
+	return nil
+}
+
+// release lets go of an idle database file so other processes can open it.
+func (s *DuckDB) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.released || s.conn == nil {
+		return
+	}
+	if err := s.closeDB(context.Background()); err == nil {
+		s.released = true
+	}
+}
+
+// write upserts one batch on the open connection.
+func (s *DuckDB) write(ctx context.Context, rows []Row) error {
 	if s.conn == nil {
 		return errors.New("write sink: not open")
 	}
@@ -451,6 +518,23 @@ func nullTime(t time.Time) any {
 
 // Close drops the staging table and releases the connection.
 func (s *DuckDB) Close(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.idleTimer != nil {
+		s.idleTimer.Stop()
+	}
+	if s.released {
+		s.released, s.ownDB = false, false
+		return nil
+	}
+	err := s.closeDB(ctx)
+	s.ownDB = false
+	return err
+}
+
+// closeDB drops the staging table and closes the connection, and the
+// database when the sink owns it.
+func (s *DuckDB) closeDB(ctx context.Context) error {
 	var errs []error
 	if s.conn != nil {
 		_, err := s.conn.ExecContext(ctx, "DROP TABLE IF EXISTS temp.main."+specs.QuoteIdent(s.stage))
@@ -459,7 +543,6 @@ func (s *DuckDB) Close(ctx context.Context) error {
 	}
 	if s.ownDB {
 		errs = append(errs, s.db.Close())
-		s.ownDB = false
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close sink table %s: %w", s.name, err)

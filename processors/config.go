@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/taskpipe/taskpipe/engine"
+	"github.com/taskpipe/taskpipe/specs"
 )
 
 // ConfigVersion is the only version of the processor file this build reads.
@@ -150,12 +151,14 @@ func Parse(data []byte, log *slog.Logger) (map[string]engine.Backend, error) {
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, fmt.Errorf("parse processor config: %w", err)
 	}
-	if errs := checkKeys(&doc); len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
+	keyErrs := checkKeys(&doc)
 	var cfg fileConfig
 	if err := doc.Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("parse processor config: %w", err)
+		// Report wrong values with the unknown keys, each by its path.
+		keyErrs = append(keyErrs, specs.DescribeYAMLError(data, err))
+	}
+	if len(keyErrs) > 0 {
+		return nil, errors.Join(keyErrs...)
 	}
 
 	// Validate the limits of every entry.

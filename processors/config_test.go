@@ -103,7 +103,7 @@ func TestParse_StrictKeys(t *testing.T) {
 			"      latency: {distribution: fixed, mean: -1s}\n",
 			"processors.a.options.latency.mean: must be >= 0"},
 		"duration type": {"version: 1\nprocessors:\n  a:\n    kind: synthetic\n    timeout: 30\n",
-			"parse processor config"},
+			"processors.a.timeout: cannot unmarshal !!int `30` into time.Duration (line 5)"},
 		"empty":         {"", "processor config is empty"},
 		"no processors": {"version: 1\n", "processors: must name at least one processor"},
 	}

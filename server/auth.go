@@ -13,6 +13,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/taskpipe/taskpipe/specs"
+
 	"github.com/taskpipe/taskpipe/api"
 )
 
@@ -127,7 +129,7 @@ func (k *Keyring) loadFile(path string, getenv func(string) string) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
-		return fmt.Errorf("parse keys file %s: %w", path, err)
+		return fmt.Errorf("parse keys file %s: %w", path, specs.DescribeYAMLError(b, err))
 	}
 	if len(f.Keys) == 0 {
 		return fmt.Errorf("keys file %s: lists no keys", path)

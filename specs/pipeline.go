@@ -241,7 +241,7 @@ func parsePipeline(data []byte, dir string, o Overrides) (*Pipeline, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("decode pipeline spec: the file is empty")
 		}
-		return nil, fmt.Errorf("decode pipeline spec: %w", err)
+		return nil, fmt.Errorf("decode pipeline spec: %w", DescribeYAMLError(data, err))
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {

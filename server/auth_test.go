@@ -56,7 +56,7 @@ func TestLoadKeyring_Errors(t *testing.T) {
 			"  - name: b\n    key_env: UNSET\n  - name: c\n"), "",
 			[]string{"keys[0].key_sha256: must be 64 hex", "keys[1].name: must not be empty",
 				"keys[2].key_env: environment variable UNSET is not set", "keys[3]: set exactly one"}},
-		{write("typo.yaml", "keys:\n  - name: a\n    key: plain\n"), "", []string{"field key not found"}},
+		{write("typo.yaml", "keys:\n  - name: a\n    key: plain\n"), "", []string{"keys[0].key: unknown key (line 3)"}},
 		{write("empty.yaml", "keys: []\n"), "", []string{"lists no keys"}},
 		{"", "no-colon-secret", []string{"TASKPIPE_API_KEYS: entry 1: must be name:key"}},
 		{"", "a:x,b:x", []string{"already given to \"a\""}},

@@ -99,7 +99,7 @@ func (c *statusCmd) Run(cli *CLI, log *slog.Logger) error {
 		if errors.Is(err, api.ErrNotFound) {
 			code = exitUsage
 		}
-		return withExitCode(code, fmt.Errorf("status: %w", err))
+		return withExitCode(code, fmt.Errorf("status: group %s: %w", c.Group, err))
 	}
 	return printGroup(os.Stdout, g, c.JSON)
 }

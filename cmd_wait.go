@@ -49,7 +49,7 @@ func (c *waitCmd) Run(cli *CLI, log *slog.Logger) error {
 		return withExitCode(exitTimeout, fmt.Errorf("wait: group %s still active after %s",
 			c.Group, c.Timeout))
 	case errors.Is(err, api.ErrNotFound):
-		return withExitCode(exitUsage, fmt.Errorf("wait: %w", err))
+		return withExitCode(exitUsage, fmt.Errorf("wait: group %s: %w", c.Group, err))
 	case err != nil:
 		return withExitCode(exitCodeOf(err), fmt.Errorf("wait: %w", err))
 	}

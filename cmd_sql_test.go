@@ -1,35 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/taskpipe/taskpipe/sinks"
 )
-
-// printedBy runs fn and returns what it printed on standard output.
-func printedBy(t *testing.T, fn func() error) (string, error) {
-	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := os.Stdout
-	os.Stdout = w
-	done := make(chan []byte)
-	go func() {
-		b, _ := io.ReadAll(r)
-		done <- b
-	}()
-	runErr := fn()
-	os.Stdout = old
-	w.Close()
-	return string(<-done), runErr
-}
 
 func TestSQLCmd_PrintsTypedRows(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "r.duckdb")
@@ -43,12 +20,9 @@ func TestSQLCmd_PrintsTypedRows(t *testing.T) {
 	}
 	db.Close()
 
-	out, err := printedBy(t, func() error {
+	out := string(captureStdout(t, func() error {
 		return (&sqlCmd{Database: path, Query: "SELECT * FROM r"}).Run(nil, nil)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	}))
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "symbol") || lines[2] != "(1 rows)" {
 		t.Fatalf("table output:\n%s", out)
@@ -57,19 +31,19 @@ func TestSQLCmd_PrintsTypedRows(t *testing.T) {
 		t.Fatalf("row = %q", lines[1])
 	}
 
-	out, err = printedBy(t, func() error {
+	out = string(captureStdout(t, func() error {
 		return (&sqlCmd{Database: path, Query: "SELECT symbol, n FROM r", JSON: true}).Run(nil, nil)
-	})
-	if err != nil || strings.TrimSpace(out) != `{"n":42,"symbol":"AAPL"}` {
-		t.Fatalf("json output %q, err %v", out, err)
+	}))
+	if strings.TrimSpace(out) != `{"n":42,"symbol":"AAPL"}` {
+		t.Fatalf("json output %q", out)
 	}
 
 	// Files are queried in memory; a missing database is a usage error.
-	out, err = printedBy(t, func() error {
+	out = string(captureStdout(t, func() error {
 		return (&sqlCmd{Database: ":memory:", Query: "SELECT 7 AS seven"}).Run(nil, nil)
-	})
-	if err != nil || !bytes.Contains([]byte(out), []byte("7")) {
-		t.Fatalf(":memory: output %q, err %v", out, err)
+	}))
+	if !strings.Contains(out, "7") {
+		t.Fatalf(":memory: output %q", out)
 	}
 	err = (&sqlCmd{Database: filepath.Join(t.TempDir(), "none.duckdb"), Query: "SELECT 1"}).Run(nil, nil)
 	if ec, ok := err.(*exitCodeError); !ok || ec.code != exitUsage {

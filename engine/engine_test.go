@@ -121,6 +121,25 @@ func (h *harness) stop() {
 	h.eng = nil
 }
 
+// failedRun creates a run of processor, checks that its result is refused
+// as a failed run's, and returns the run.
+func (h *harness) failedRun(processor string) api.TaskRun {
+	h.t.Helper()
+	ctx := context.Background()
+	run, err := h.eng.CreateRun(ctx, api.TaskRunInput{Input: json.RawMessage(`"x"`), Processor: processor})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.eng.GetRunResult(ctx, run.RunID, 20*time.Second); !errors.Is(err, api.ErrNotFound) {
+		h.t.Fatalf("result err = %v, want not found for a failed run", err)
+	}
+	got, err := h.eng.GetRun(ctx, run.RunID)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return got
+}
+
 func inputs(n int, processor string) []api.TaskRunInput {
 	in := make([]api.TaskRunInput, n)
 	for i := range in {
@@ -449,15 +468,7 @@ func TestEngine_RunTimeoutFails(t *testing.T) {
 		return engine.Outcome{Err: ctx.Err()}
 	}}
 	h := newHarness(t, map[string]engine.Backend{"stuck": {Processor: p, Timeout: 50 * time.Millisecond}})
-	ctx := context.Background()
-	run, err := h.eng.CreateRun(ctx, api.TaskRunInput{Input: json.RawMessage(`"x"`), Processor: "stuck"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.eng.GetRunResult(ctx, run.RunID, 20*time.Second); !errors.Is(err, api.ErrNotFound) {
-		t.Fatalf("err = %v, want not found (failed)", err)
-	}
-	got, _ := h.eng.GetRun(ctx, run.RunID)
+	got := h.failedRun("stuck")
 	if got.Status != api.StatusFailed || got.Error == nil {
 		t.Fatalf("run = %+v, want failed by timeout", got)
 	}
@@ -641,14 +652,7 @@ func TestEngine_ProcessorPanicFailsItsRuns(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, map[string]engine.Backend{"panics": {Processor: panicProcessor{}}})
 	ctx := context.Background()
-	run, err := h.eng.CreateRun(ctx, api.TaskRunInput{Input: json.RawMessage(`"x"`), Processor: "panics"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.eng.GetRunResult(ctx, run.RunID, 20*time.Second); !errors.Is(err, api.ErrNotFound) {
-		t.Fatalf("err = %v, want not found (failed)", err)
-	}
-	got, _ := h.eng.GetRun(ctx, run.RunID)
+	got := h.failedRun("panics")
 	if got.Status != api.StatusFailed || got.Error == nil || got.Error.Message != "processor panics panicked: boom" {
 		t.Fatalf("run = %+v, want failed with the panic", got)
 	}

@@ -166,43 +166,32 @@ func errorJSON(msg string) json.RawMessage {
 // loop commits queued decisions in batches until stopped.
 func (rc *recorder) loop() {
 	for {
-		var first decision
 		select {
-		case first = <-rc.in:
+		case first := <-rc.in:
+			rc.commit(rc.fill([]decision{first}))
 		case <-rc.quit:
 			rc.flush()
 			return
 		}
-		batch := []decision{first}
-	fill:
-		for len(batch) < recordBatch {
-			select {
-			case dec := <-rc.in:
-				batch = append(batch, dec)
-			default:
-				break fill
-			}
-		}
-		rc.commit(batch)
 	}
+}
+
+// fill adds to batch what is queued, up to recordBatch, without waiting.
+func (rc *recorder) fill(batch []decision) []decision {
+	for len(batch) < recordBatch {
+		select {
+		case dec := <-rc.in:
+			batch = append(batch, dec)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 // flush commits whatever is still queued.
 func (rc *recorder) flush() {
-	for {
-		var batch []decision
-	fill:
-		for len(batch) < recordBatch {
-			select {
-			case dec := <-rc.in:
-				batch = append(batch, dec)
-			default:
-				break fill
-			}
-		}
-		if len(batch) == 0 {
-			return
-		}
+	for batch := rc.fill(nil); len(batch) > 0; batch = rc.fill(nil) {
 		rc.commit(batch)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"time"
 
 	"github.com/taskpipe/taskpipe/api"
@@ -33,15 +34,18 @@ type follower struct {
 	finished map[string]bool
 	// settledAhead holds runs past the watermark already handled.
 	settledAhead map[string]bool
-	runCursor    string
-	eventCursor  string
+	// passed remembers the runs the watermark moved over lately, so that
+	// their events, which often trail the scans, start no scan.
+	passed      recentRuns
+	runCursor   string
+	eventCursor string
 }
 
 // follow runs until every outstanding row of this pass is written (once the
 // submitter is done), ctx ends or following fails for good.
 func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
 	f := &follower{runner: r, finished: map[string]bool{}, settledAhead: map[string]bool{},
-		runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor}
+		passed: newRecentRuns(), runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor}
 
 	// Catch up with whatever finished while no one was following.
 	if err := f.scan(ctx, true); err != nil {
@@ -188,23 +192,12 @@ func (f *follower) collect(ev api.Event, cursor string) string {
 // flush writes the finished runs collected so far and records the events
 // cursor up to which every event is handled.
 func (f *follower) flush(ctx context.Context, cursor string) error {
-	// Events often trail the scans: drop runs already written (and runs
-	// that serve no row) so that a scan does not look for them.
-	if len(f.finished) > 0 {
-		ids := make([]string, 0, len(f.finished))
-		for id := range f.finished {
-			ids = append(ids, id)
-		}
-		f.mu.Lock()
-		states, err := f.state.byRunIDs(ctx, ids)
-		f.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
-			if s, ok := states[id]; !ok || s.Status != stateSubmitted {
-				delete(f.finished, id)
-			}
+	// Events often trail the scans: drop runs already written, so that a
+	// scan does not look for them. A run written long ago that is still
+	// reported only makes one scan read to the end of the group.
+	for id := range f.finished {
+		if f.settledAhead[id] || f.passed.has(id) {
+			delete(f.finished, id)
 		}
 	}
 	if len(f.finished) > 0 {
@@ -270,6 +263,7 @@ func (f *follower) scan(ctx context.Context, full bool) error {
 	// Move the watermark: everything before it is written.
 	for _, id := range passed {
 		delete(f.settledAhead, id)
+		f.passed.add(id)
 	}
 	if watermark != f.runCursor {
 		f.runCursor = watermark
@@ -376,6 +370,37 @@ func (f *follower) settleLost(ctx context.Context) error {
 	f.outstanding.Add(-n)
 	f.counts.failed.Add(int64(len(rows)))
 	return nil
+}
+
+// recentRuns is a bounded set of run ids, kept as 64-bit hashes in two
+// generations of at most recentRunsGen each: the older generation is
+// dropped when the newer one fills.
+type recentRuns struct {
+	seed      maphash.Seed
+	cur, prev map[uint64]struct{}
+}
+
+// recentRunsGen is the size of one generation of recentRuns.
+const recentRunsGen = 50_000
+
+func newRecentRuns() recentRuns {
+	return recentRuns{seed: maphash.MakeSeed(), cur: map[uint64]struct{}{}}
+}
+
+func (r *recentRuns) add(id string) {
+	if len(r.cur) >= recentRunsGen {
+		r.prev, r.cur = r.cur, make(map[uint64]struct{}, recentRunsGen)
+	}
+	r.cur[maphash.String(r.seed, id)] = struct{}{}
+}
+
+func (r *recentRuns) has(id string) bool {
+	h := maphash.String(r.seed, id)
+	if _, ok := r.cur[h]; ok {
+		return true
+	}
+	_, ok := r.prev[h]
+	return ok
 }
 
 // isClosed reports whether ch is closed.

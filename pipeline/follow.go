@@ -12,7 +12,7 @@ import (
 )
 
 // writeBatch is the most finished runs written to the sinks at once.
-const writeBatch = 4000
+const writeBatch = 8000
 
 // errScanDone ends a runs scan early.
 var errScanDone = errors.New("scan done")

@@ -49,10 +49,10 @@ func (b *rowBuilder) runRow(s rowState, ev *api.TaskRunEvent) (sinks.Row, string
 		case ev.Output == nil:
 			row.Status, row.Error = StatusInvalidOutput, "the completed run has no output"
 		default:
-			if _, err := b.table.OutputValues(ev.Output.Content); err != nil {
+			if vals, err := b.table.OutputValues(ev.Output.Content); err != nil {
 				row.Status, row.Error = StatusInvalidOutput, err.Error()
 			} else {
-				row.Output = ev.Output.Content
+				row.Output, row.OutputValues = ev.Output.Content, vals
 			}
 			row.Basis = ev.Output.Basis
 		}

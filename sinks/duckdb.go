@@ -110,6 +110,14 @@ func OpenDuckDB(path string) (*sql.DB, error) {
 	return sql.OpenDB(connector), nil
 }
 
+// SinkMemoryLimit caps the memory of a database a sink opens itself
+// (NewDuckDBFile). Written rows live in the file, so DuckDB evicts them from
+// its buffer pool instead of keeping the whole table in memory (its default
+// limit is 80% of the machine's memory); a batch that needs more spills to
+// a temporary file next to the database. It is set with SET, not at open:
+// DuckDB refuses a second connection to a file opened with other settings.
+const SinkMemoryLimit = "256MB"
+
 // OpenDuckDBReadOnly opens a DuckDB database file read-only with extension
 // auto-install and auto-load turned off, for queries over result tables.
 func OpenDuckDBReadOnly(path string) (*sql.DB, error) {
@@ -139,6 +147,11 @@ func (s *DuckDB) Open(ctx context.Context, t specs.Table) error {
 		return fmt.Errorf("open sink table %s: %w", s.name, err)
 	}
 	s.conn = conn
+	if s.ownDB {
+		if _, err := conn.ExecContext(ctx, "SET memory_limit = '"+SinkMemoryLimit+"'"); err != nil {
+			return fmt.Errorf("open sink table %s: %w", s.name, err)
+		}
+	}
 
 	// Create the table unless it exists; an existing one must match.
 	exists, err := s.tableExists(ctx)
@@ -457,7 +470,10 @@ func (s *DuckDB) rowValues(r Row) []driver.Value {
 		vals = append(vals, v)
 	}
 	status, errText := r.Status, r.Error
-	outputs, err := t.OutputValues(r.Output)
+	outputs, err := r.OutputValues, error(nil)
+	if outputs == nil {
+		outputs, err = t.OutputValues(r.Output)
+	}
 	if err != nil {
 		// One bad output fails its row, never the batch.
 		outputs = make([]any, len(t.Output))

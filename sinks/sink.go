@@ -27,6 +27,10 @@ type Row struct {
 	// schemas, a JSON string for text ones; empty when the run did not
 	// complete.
 	Output json.RawMessage
+	// OutputValues, when set, is Output already converted by the table's
+	// OutputValues (one value per output column), so that a caller that
+	// checked the output does not pay for its conversion twice.
+	OutputValues []any
 	// Basis is the run's basis, written to the basis column.
 	Basis []api.FieldBasis
 	// CreatedAt and FinishedAt are the run's times; zero writes NULL.

@@ -21,7 +21,7 @@ import (
 // and wait: a server (URL and key) or an embedded engine's state directory.
 type groupTarget struct {
 	URL        string `name:"url" help:"Base URL of a taskpipe server or Parallel's API; empty uses the embedded engine in --state-dir." env:"TASKPIPE_URL"`
-	APIKey     string `name:"api-key" help:"API key for --url." env:"TASKPIPE_API_KEY"`
+	APIKey     string `name:"api-key" help:"API key for --url (default: $PARALLEL_API_KEY)." env:"TASKPIPE_API_KEY"`
 	StateDir   string `help:"State directory of an embedded pipeline (target.state_dir)." default:".taskpipe" env:"TASKPIPE_STATE_DIR" type:"path"`
 	Processors string `help:"Processor config file (YAML) of the embedded engine." env:"TASKPIPE_PROCESSORS" type:"path"`
 }

@@ -425,3 +425,30 @@ func TestRun_DuplicateKeysAreCountedNotSubmitted(t *testing.T) {
 		t.Errorf("summary %+v", sum)
 	}
 }
+
+// groupRecorder remembers the metadata of the groups created through it.
+type groupRecorder struct {
+	api.TaskGroups
+	metadata []api.Metadata
+}
+
+func (g *groupRecorder) CreateTaskGroup(ctx context.Context, req api.CreateTaskGroupRequest) (api.TaskGroup, error) {
+	g.metadata = append(g.metadata, req.Metadata)
+	return g.TaskGroups.CreateTaskGroup(ctx, req)
+}
+
+func TestRun_MaxCostCapsTheGroup(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 5, false)
+	rec := &groupRecorder{}
+	h.wrap = func(g api.TaskGroups) api.TaskGroups {
+		rec.TaskGroups = g
+		return rec
+	}
+	if _, err := h.run(ctx, func(o *pipeline.Options) { o.MaxCost = 12.5 }); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.metadata) != 1 || rec.metadata[0][api.MetadataMaxCost] != 12.5 {
+		t.Fatalf("created groups' metadata = %v, want one with %s 12.5", rec.metadata, api.MetadataMaxCost)
+	}
+}

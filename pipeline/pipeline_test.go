@@ -452,3 +452,36 @@ func TestRun_MaxCostCapsTheGroup(t *testing.T) {
 		t.Fatalf("created groups' metadata = %v, want one with %s 12.5", rec.metadata, api.MetadataMaxCost)
 	}
 }
+
+func TestRun_NewSinkGetsRowsOfEarlierRuns(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 120, true)
+	if _, err := h.run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	var firstIDs string
+	h.query(`SELECT string_agg(run_id, ',' ORDER BY id) FROM results WHERE run_id IS NOT NULL`, &firstIDs)
+
+	// A second run into a new table submits nothing, yet the new table
+	// gets every row: the finished runs from the group, the invalid rows
+	// from the source.
+	h.dbPath = filepath.Join(h.dir, "renamed.duckdb")
+	sum, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Submitted != 0 || sum.Skipped != 108 {
+		t.Fatalf("second run summary = %+v, want nothing submitted, 108 skipped", sum)
+	}
+	var rows, completed, invalid, typed int64
+	var ids string
+	h.query(`SELECT count(*), count(*) FILTER (status = 'completed'),
+		count(*) FILTER (status = 'invalid_input'),
+		count(*) FILTER (typeof(employees) = 'BIGINT' AND basis IS NOT NULL),
+		string_agg(run_id, ',' ORDER BY id) FILTER (run_id IS NOT NULL) FROM results`,
+		&rows, &completed, &invalid, &typed, &ids)
+	if rows != 120 || completed != 108 || invalid != 12 || typed != 108 || ids != firstIDs {
+		t.Fatalf("new table: %d rows, %d completed, %d invalid, %d typed, same run ids %v",
+			rows, completed, invalid, typed, ids == firstIDs)
+	}
+}

@@ -109,10 +109,6 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 	r.mapper, r.table, r.specHash = m, plan.Table, plan.SpecHash
 	r.builder = newRowBuilder(plan.Table, plan.SpecHash)
 	for _, s := range opts.Sinks {
-		// TODO(backfill): a sink opened empty (a new, renamed or dropped
-		// table, an added Parquet sink) does not get the rows that earlier
-		// runs completed, since those are skipped; it should be filled from
-		// the group's runs stream. docs/pipeline.md says to clear state_dir.
 		if err := s.Open(ctx, plan.Table); err != nil {
 			return Summary{}, fmt.Errorf("open sink: %w", err)
 		}
@@ -144,6 +140,9 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 		return Summary{}, err
 	}
 	if err := r.reconcile(ctx); err != nil {
+		return Summary{}, err
+	}
+	if err := r.backfill(ctx); err != nil {
 		return Summary{}, err
 	}
 	perCall := time.Duration(float64(time.Minute) / opts.AddsPerMinute)

@@ -55,6 +55,9 @@ type DuckDB struct {
 	// Go types than a source gives, so every batch then runs the DELETE.
 	written map[uint64]struct{}
 	seed    maphash.Seed
+	// openedEmpty is set when the table held no rows at the first Open.
+	openedEmpty bool
+	opened      bool
 
 	// path, for a sink that owns its database file, lets it let go of the
 	// file after idle without a write and open it again at the next one:
@@ -133,6 +136,11 @@ func OpenDuckDBReadOnly(path string) (*sql.DB, error) {
 	return sql.OpenDB(connector), nil
 }
 
+// OpenedEmpty reports whether the table held no rows when the sink was
+// opened: a new, dropped or emptied table, which a pipeline fills with the
+// rows that earlier runs completed.
+func (s *DuckDB) OpenedEmpty() bool { return s.openedEmpty }
+
 // DB returns the database the sink writes, for readers in the same
 // process.
 func (s *DuckDB) DB() *sql.DB { return s.db }
@@ -178,6 +186,9 @@ func (s *DuckDB) Open(ctx context.Context, t specs.Table) error {
 	if empty {
 		s.written = map[uint64]struct{}{}
 		s.seed = maphash.MakeSeed()
+	}
+	if !s.opened {
+		s.opened, s.openedEmpty = true, empty
 	}
 
 	// The staging table holds one batch; source-typed key columns are

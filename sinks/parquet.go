@@ -32,6 +32,8 @@ type Parquet struct {
 	db    *sql.DB
 	inner *DuckDB
 	table specs.Table
+	// loaded is set when Open copied rows of an earlier published file.
+	loaded bool
 }
 
 var _ Sink = (*Parquet)(nil)
@@ -69,8 +71,13 @@ func (p *Parquet) Open(ctx context.Context, t specs.Table) error {
 	if err := p.loadPublished(ctx); err != nil {
 		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
 	}
+	p.loaded = true
 	return nil
 }
+
+// OpenedEmpty reports whether the sink started with no rows: no published
+// file and no rows kept from an interrupted run.
+func (p *Parquet) OpenedEmpty() bool { return p.inner != nil && p.inner.OpenedEmpty() && !p.loaded }
 
 // loadPublished copies the rows of the existing file into the state
 // database, after checking that its columns are the table's.

@@ -242,27 +242,13 @@ func (s *Synthetic) generateJSON(seed uint64, schema json.RawMessage) (*api.Outp
 	basis := make([]api.FieldBasis, 0, len(root.props)+2)
 	low := "low"
 
-	// Same walk as synthNode.write for an object, recording the fields.
-	r := mix(seed ^ root.path)
-	buf = append(buf, '{')
-	first := true
-	for i := range root.props {
-		p := &root.props[i]
-		if !p.required && mix(r^p.node.path)%5 == 0 {
-			continue
-		}
-		if !first {
-			buf = append(buf, ',')
-		}
-		first = false
-		buf = append(buf, p.key...)
-		buf = p.node.write(buf, seed, 0)
+	// Write the object as synthNode.write does, recording each field.
+	buf = root.writeObject(buf, seed, 0, mix(seed^root.path), func(p *synthProp) {
 		basis = append(basis, syntheticBasis(p.name, &low))
 		for k := range listLen(p.node, seed) {
 			basis = append(basis, syntheticBasis(p.name+"."+strconv.Itoa(k), &low))
 		}
-	}
-	buf = append(buf, '}')
+	})
 	return &api.Output{Type: api.OutputJSON, Content: buf, Basis: basis}, nil
 }
 

@@ -382,24 +382,33 @@ func (n *synthNode) write(buf []byte, seed, nth uint64) []byte {
 		}
 		return append(buf, ']')
 	case synthObject:
-		buf = append(buf, '{')
-		first := true
-		for i := range n.props {
-			p := &n.props[i]
-			// Optional properties are left out about one time in five.
-			if !p.required && mix(r^p.node.path)%5 == 0 {
-				continue
-			}
-			if !first {
-				buf = append(buf, ',')
-			}
-			first = false
-			buf = append(buf, p.key...)
-			buf = p.node.write(buf, seed, nth)
-		}
-		return append(buf, '}')
+		return n.writeObject(buf, seed, nth, r, nil)
 	}
 	return append(buf, "null"...)
+}
+
+// writeObject writes an object node with random value r, calling written
+// (when not nil) for each property it writes.
+func (n *synthNode) writeObject(buf []byte, seed, nth, r uint64, written func(p *synthProp)) []byte {
+	buf = append(buf, '{')
+	first := true
+	for i := range n.props {
+		p := &n.props[i]
+		// Optional properties are left out about one time in five.
+		if !p.required && mix(r^p.node.path)%5 == 0 {
+			continue
+		}
+		if !first {
+			buf = append(buf, ',')
+		}
+		first = false
+		buf = append(buf, p.key...)
+		buf = p.node.write(buf, seed, nth)
+		if written != nil {
+			written(p)
+		}
+	}
+	return append(buf, '}')
 }
 
 // arrayLen is how many elements an array gets for the random value r.

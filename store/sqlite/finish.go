@@ -80,13 +80,9 @@ func (s *Store) FinishRuns(ctx context.Context, fs []store.Finish) (store.Finish
 		}
 
 		// Log the run states and the groups' new status.
-		events, err := tx.recordChanges(changes, true)
-		if err != nil {
-			return err
-		}
-		res.Events = events
-		res.Applied = appliedRuns(changes)
-		return nil
+		var err error
+		res, err = tx.finishResult(changes)
+		return err
 	})
 	if err != nil {
 		return store.FinishResult{}, fmt.Errorf("finish runs: %w", err)
@@ -269,6 +265,16 @@ func outputsSQL(n int) string {
 	return b.String()
 }
 
+// finishResult logs the run states of changes and their groups' new status,
+// and reports them.
+func (tx *wtx) finishResult(changes []change) (store.FinishResult, error) {
+	events, err := tx.recordChanges(changes, true)
+	if err != nil {
+		return store.FinishResult{}, err
+	}
+	return store.FinishResult{Events: events, Applied: appliedRuns(changes)}, nil
+}
+
 // appliedRuns lists the runs of changes.
 func appliedRuns(changes []change) []store.Run {
 	if len(changes) == 0 {
@@ -407,13 +413,9 @@ func (s *Store) CancelRuns(ctx context.Context, groupID string, runIDs []string,
 
 		// Log the cancelled runs and the groups' new status.
 		tx.forget(changes)
-		events, err := tx.recordChanges(changes, true)
-		if err != nil {
-			return err
-		}
-		res.Events = events
-		res.Applied = appliedRuns(changes)
-		return nil
+		var err error
+		res, err = tx.finishResult(changes)
+		return err
 	})
 	if err != nil {
 		return store.FinishResult{}, fmt.Errorf("cancel runs: %w", err)

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,10 +14,9 @@ import (
 	"testing"
 	"time"
 
-	_ "modernc.org/sqlite"
-
 	"github.com/taskpipe/taskpipe/sinks"
 	"github.com/taskpipe/taskpipe/sources/sourcetest"
+	"github.com/taskpipe/taskpipe/store/sqlite"
 )
 
 // buildOnce builds the taskpipe binary once for the tests that run it as a
@@ -115,11 +113,7 @@ func (f resumeFixture) command(bin string, args ...string) *exec.Cmd {
 // rows by status, and the run id of every completed row.
 func (f resumeFixture) stateCounts(t *testing.T) (map[string]int64, map[string]string) {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(f.state, "pipeline.db")+
-		"?mode=ro&_pragma=busy_timeout(5000)")
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := sqlite.OpenDB(filepath.Join(f.state, "pipeline.db"), "query_only = 1", "busy_timeout = 5000")
 	defer db.Close()
 	counts := map[string]int64{}
 	done := map[string]string{}

@@ -5,13 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"github.com/taskpipe/taskpipe/store/sqlite"
 )
 
 // Row statuses in the state store. The run statuses of the API that a row
@@ -137,15 +136,7 @@ func openState(ctx context.Context, dir string, held *StateLock) (*stateStore, e
 		}
 	}
 	path := filepath.Join(dir, "pipeline.db")
-	q := url.Values{}
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(NORMAL)")
-	q.Add("_pragma", "busy_timeout(10000)")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		release()
-		return nil, fmt.Errorf("open state %s: %w", path, err)
-	}
+	db := sqlite.OpenDB(path, "journal_mode = WAL", "synchronous = NORMAL", "busy_timeout = 10000")
 	db.SetMaxOpenConns(1)
 	if _, err := db.ExecContext(ctx, stateSchema); err != nil {
 		db.Close()

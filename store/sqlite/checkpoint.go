@@ -59,10 +59,7 @@ type checkpointer struct {
 
 // startCheckpointer opens the checkpoint connection and starts the loop.
 func (s *Store) startCheckpointer(ctx context.Context, cfg config) error {
-	db, err := sql.Open("sqlite", checkpointDSN(s.path))
-	if err != nil {
-		return fmt.Errorf("open checkpoint connection: %w", err)
-	}
+	db := OpenDB(s.path, fmt.Sprintf("busy_timeout = %d", truncateWait.Milliseconds()))
 	db.SetMaxOpenConns(1)
 	db.SetMaxIdleConns(1)
 	db.SetConnMaxLifetime(0)
@@ -239,9 +236,4 @@ func (s *Store) checkpointWrite(ctx context.Context, mode string, wait time.Dura
 		return fmt.Errorf("wal in use: %d of %d frames copied", copied, frames)
 	}
 	return nil
-}
-
-// checkpointDSN builds the data source name of the checkpoint connection.
-func checkpointDSN(path string) string {
-	return path + "?_pragma=" + fmt.Sprintf("busy_timeout(%d)", truncateWait.Milliseconds())
 }

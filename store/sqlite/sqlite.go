@@ -14,12 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
-
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/taskpipe/taskpipe/store"
 )
@@ -133,10 +130,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	s.specs.init(4096)
 	s.active.reset()
 	var err error
-	s.wdb, err = sql.Open("sqlite", dsn(path, cfg, false))
-	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
+	s.wdb = OpenDB(path, pragmas(cfg, false)...)
 	s.wdb.SetMaxOpenConns(1)
 	s.wdb.SetMaxIdleConns(1)
 	s.wdb.SetConnMaxLifetime(0)
@@ -152,12 +146,7 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 
 	// Then the read pool, which only ever sees committed data.
-	s.rdb, err = sql.Open("sqlite", dsn(path, cfg, true))
-	if err != nil {
-		s.w.Close()
-		s.wdb.Close()
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
+	s.rdb = OpenDB(path, pragmas(cfg, true)...)
 	s.rdb.SetMaxOpenConns(cfg.readConns)
 	s.rdb.SetMaxIdleConns(cfg.readConns)
 	if err := s.rdb.PingContext(ctx); err != nil {
@@ -173,27 +162,22 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
-// dsn builds the modernc.org/sqlite data source name for one kind of
-// connection.
-func dsn(path string, cfg config, readOnly bool) string {
-	q := url.Values{}
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", cfg.busyTimeout.Milliseconds()))
-	q.Add("_pragma", "foreign_keys(0)")
-	q.Add("_pragma", "temp_store(MEMORY)")
-	if readOnly {
-		q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", cfg.cacheKiB/4))
-		q.Add("_pragma", "query_only(1)")
-	} else {
-		q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", cfg.cacheKiB))
-		// WAL mode with synchronous NORMAL keeps every committed
-		// transaction across a crash of the process (not of the machine).
-		// The checkpointer, not each commit, copies the WAL back.
-		q.Add("_pragma", "journal_mode(WAL)")
-		q.Add("_pragma", "synchronous(NORMAL)")
-		q.Add("_pragma", "wal_autocheckpoint(0)")
-		q.Add("_pragma", fmt.Sprintf("journal_size_limit(%d)", walSizeLimit))
+// pragmas are the settings of one kind of connection.
+func pragmas(cfg config, readOnly bool) []string {
+	p := []string{
+		fmt.Sprintf("busy_timeout = %d", cfg.busyTimeout.Milliseconds()),
+		"foreign_keys = 0",
+		"temp_store = MEMORY",
 	}
-	return path + "?" + q.Encode()
+	if readOnly {
+		return append(p, fmt.Sprintf("cache_size = -%d", cfg.cacheKiB/4), "query_only = 1")
+	}
+	// WAL mode with synchronous NORMAL keeps every committed transaction
+	// across a crash of the process (not of the machine). The
+	// checkpointer, not each commit, copies the WAL back.
+	return append(p, fmt.Sprintf("cache_size = -%d", cfg.cacheKiB),
+		"journal_mode = WAL", "synchronous = NORMAL", "wal_autocheckpoint = 0",
+		fmt.Sprintf("journal_size_limit = %d", walSizeLimit))
 }
 
 // Path returns the database file the store was opened on.

@@ -2,7 +2,6 @@ package sqlite_test
 
 import (
 	"context"
-	"database/sql"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -174,10 +173,7 @@ func TestFinishRuns_DatabaseOverridesMemory(t *testing.T) {
 func TestOpen_MigratesVersion1(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "taskpipe.db")
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := sqlite.OpenDB(path)
 	for _, q := range []string{
 		sqlite.Migrations[0],
 		`CREATE TABLE schema_version (version INTEGER NOT NULL)`,

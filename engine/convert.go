@@ -1,12 +1,11 @@
 package engine
 
 import (
-	"encoding/json"
-
 	"fmt"
-	gojson "github.com/goccy/go-json"
 	"strconv"
 	"time"
+
+	gojson "github.com/goccy/go-json"
 
 	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/store"
@@ -34,15 +33,15 @@ func taskRun(r *store.Run) api.TaskRun {
 		tr.TaskGroupID = &g
 	}
 	var meta runMeta
-	if json.Unmarshal(r.Input, &meta) == nil {
+	if gojson.Unmarshal(r.Input, &meta) == nil {
 		tr.Metadata = meta.Metadata
 	}
 	if len(r.Warnings) > 0 {
-		_ = json.Unmarshal(r.Warnings, &tr.Warnings)
+		_ = gojson.Unmarshal(r.Warnings, &tr.Warnings)
 	}
 	if len(r.Error) > 0 && r.Status != api.StatusCompleted {
 		var eo api.ErrorObject
-		if json.Unmarshal(r.Error, &eo) == nil {
+		if gojson.Unmarshal(r.Error, &eo) == nil {
 			tr.Error = &eo
 		}
 	}
@@ -52,12 +51,12 @@ func taskRun(r *store.Run) api.TaskRun {
 // runInput returns the run's input as submitted, with the resolved spec.
 func runInput(r *store.Run) (api.TaskRunInput, error) {
 	var in api.TaskRunInput
-	if err := json.Unmarshal(r.Input, &in); err != nil {
+	if err := gojson.Unmarshal(r.Input, &in); err != nil {
 		return in, fmt.Errorf("decode stored input of %s: %w", r.ID, err)
 	}
 	if len(r.Spec) > 0 {
 		var ts api.TaskSpec
-		if err := json.Unmarshal(r.Spec, &ts); err != nil {
+		if err := gojson.Unmarshal(r.Spec, &ts); err != nil {
 			return in, fmt.Errorf("decode stored spec of %s: %w", r.ID, err)
 		}
 		in.TaskSpec = &ts

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	gojson "github.com/goccy/go-json"
+
 	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/store"
 )
@@ -159,7 +161,7 @@ func (e *Engine) submit(ctx context.Context, groupID string, inputs []api.TaskRu
 			return store.AddResult{}, nil, err
 		}
 		in.TaskSpec = nil
-		raw, err := json.Marshal(in)
+		raw, err := gojson.Marshal(in)
 		if err != nil {
 			return store.AddResult{}, nil, fmt.Errorf("encode input %d: %w", i, err)
 		}

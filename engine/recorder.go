@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"github.com/google/uuid"
 
 	"github.com/taskpipe/taskpipe/api"
@@ -107,7 +108,7 @@ func (rc *recorder) complete(d *dispatcher, runID string, o Outcome) {
 			dec.finish = rc.finish(r, api.StatusFailed, nil, errorJSON(err.Error()), o, now)
 			break
 		}
-		out, merr := json.Marshal(o.Output)
+		out, merr := gojson.Marshal(o.Output)
 		if merr != nil {
 			dec.finish = rc.finish(r, api.StatusFailed, nil, errorJSON("encode output: "+merr.Error()), o, now)
 			break

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	gojson "github.com/goccy/go-json"
 	"golang.org/x/time/rate"
 
 	"github.com/taskpipe/taskpipe/api"
@@ -246,7 +247,7 @@ func (d *dispatcher) register(runs []store.Run, reserved int) []Job {
 		var in api.TaskRunInput
 		err := info.err
 		if err == nil {
-			err = json.Unmarshal(r.Input, &in)
+			err = gojson.Unmarshal(r.Input, &in)
 			spec := info.spec
 			in.TaskSpec = &spec
 		}

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"sync"
 
+	gojson "github.com/goccy/go-json"
+
 	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/specs"
 )
@@ -163,7 +165,7 @@ func (e *Engine) checkInput(field string, in *api.TaskRunInput, def *api.TaskSpe
 	warnings := info.warnings
 	if info.input != nil {
 		var v any
-		if err := json.Unmarshal(trimmed, &v); err == nil {
+		if err := gojson.Unmarshal(trimmed, &v); err == nil {
 			if err := info.input.ValidateValue(v); err != nil {
 				warnings = append(append([]api.Warning(nil), warnings...), api.Warning{
 					Type:    api.WarningInput,
@@ -218,7 +220,7 @@ func (e *Engine) checkOutput(info *specInfo, out *api.Output) error {
 		return fmt.Errorf("%w: got %s output for a json schema", errInvalidOutput, out.Type)
 	}
 	var v any
-	if err := json.Unmarshal(out.Content, &v); err != nil {
+	if err := gojson.Unmarshal(out.Content, &v); err != nil {
 		return fmt.Errorf("%w: content is not JSON: %v", errInvalidOutput, err)
 	}
 	if err := info.output.ValidateValue(v); err != nil {

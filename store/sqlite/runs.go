@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	gojson "github.com/goccy/go-json"
+
 	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/store"
 )
@@ -223,7 +225,7 @@ func inputMetadata(input json.RawMessage) json.RawMessage {
 	var in struct {
 		Metadata json.RawMessage `json:"metadata"`
 	}
-	if json.Unmarshal(input, &in) != nil || len(in.Metadata) == 0 || in.Metadata[0] != '{' {
+	if gojson.Unmarshal(input, &in) != nil || len(in.Metadata) == 0 || in.Metadata[0] != '{' {
 		return nil
 	}
 	return in.Metadata

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -48,9 +49,19 @@ type runCmd struct {
 }
 
 // Run executes the command.
+// runMemoryLimit is the soft limit of the Go heap of taskpipe run, used
+// unless GOMEMLIMIT is set. A pipeline's live heap is about 100 MB whatever
+// the number of rows (batches in flight); the limit keeps the collector's
+// 5x target (see defaultGCPercent) from letting the heap grow past what
+// the 1 GB budget of a run leaves beside DuckDB and SQLite.
+const runMemoryLimit = 384 << 20
+
 func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(runMemoryLimit)
+	}
 
 	// Load and check the spec, flags applied; every problem is a usage error.
 	if c.Limit < 0 || c.MaxFailed < 0 || c.MaxCost < 0 {

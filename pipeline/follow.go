@@ -39,13 +39,21 @@ type follower struct {
 	passed      recentRuns
 	runCursor   string
 	eventCursor string
+	// w writes the rows the follower builds, in order, on its own
+	// goroutine, so that reading the next runs overlaps writing the last.
+	w *writer
 }
 
 // follow runs until every outstanding row of this pass is written (once the
 // submitter is done), ctx ends or following fails for good.
 func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	f := &follower{runner: r, finished: map[string]bool{}, settledAhead: map[string]bool{},
-		passed: newRecentRuns(), runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor}
+		passed: newRecentRuns(), runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor,
+		w: newWriter(r)}
+	go f.w.run(ctx)
+	defer f.w.stop()
 
 	// Catch up with whatever finished while no one was following.
 	if err := f.scan(ctx, true); err != nil {
@@ -54,7 +62,7 @@ func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
 	failures := 0
 	for {
 		if isClosed(submitted) && r.outstanding.Load() <= 0 {
-			return nil
+			return f.w.sync(ctx)
 		}
 
 		// Follow one events stream connection to its end.
@@ -93,6 +101,11 @@ func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
 			continue
 		}
 		if allAdded {
+			// Every run is read; once the writes land, rows still waiting
+			// have runs the group lost.
+			if err := f.w.sync(ctx); err != nil {
+				return err
+			}
 			if n := r.outstanding.Load(); n > 0 {
 				return f.settleLost(ctx)
 			}
@@ -207,9 +220,7 @@ func (f *follower) flush(ctx context.Context, cursor string) error {
 	}
 	if cursor != f.eventCursor {
 		f.eventCursor = cursor
-		if err := f.state.setCursors(ctx, f.opts.Target, f.runCursor, f.eventCursor); err != nil {
-			return err
-		}
+		return f.w.send(ctx, writeJob{cursors: true, runCursor: f.runCursor, eventCursor: f.eventCursor})
 	}
 	return nil
 }
@@ -267,15 +278,13 @@ func (f *follower) scan(ctx context.Context, full bool) error {
 	}
 	if watermark != f.runCursor {
 		f.runCursor = watermark
-		if err := f.state.setCursors(ctx, f.opts.Target, f.runCursor, f.eventCursor); err != nil {
-			return err
-		}
+		return f.w.send(ctx, writeJob{cursors: true, runCursor: f.runCursor, eventCursor: f.eventCursor})
 	}
 	return nil
 }
 
-// write turns finished runs into rows, upserts them into the sinks and
-// then settles their state.
+// write turns finished runs into rows and hands them to the writer, which
+// upserts them into the sinks and then settles their state.
 func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
 	if len(evs) == 0 {
 		return nil
@@ -292,9 +301,7 @@ func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
 	}
 
 	// Only runs that still serve a row waiting for them become rows.
-	rows := make([]sinks.Row, 0, len(evs))
-	settle := make(map[string]string, len(evs))
-	var completed, failed, cancelled, bad int64
+	job := writeJob{rows: make([]sinks.Row, 0, len(evs)), settle: make(map[string]string, len(evs))}
 	for _, ev := range evs {
 		id := ev.Run.RunID
 		f.settledAhead[id] = true
@@ -306,35 +313,20 @@ func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
 		if err != nil {
 			return fmt.Errorf("build row of run %s: %w", id, err)
 		}
-		rows = append(rows, row)
-		settle[id] = status
+		job.rows = append(job.rows, row)
+		job.settle[id] = status
 		switch status {
 		case string(api.StatusCompleted):
-			completed++
+			job.completed++
 		case string(api.StatusCancelled):
-			cancelled++
+			job.cancelled++
 		case StatusInvalidOutput:
-			bad++
+			job.bad++
 		default:
-			failed++
+			job.failed++
 		}
 	}
-	if err := f.writeSinks(ctx, rows); err != nil {
-		return err
-	}
-
-	f.mu.Lock()
-	n, err := f.state.settle(ctx, settle, f.pass)
-	f.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	f.outstanding.Add(-n)
-	f.counts.completed.Add(completed)
-	f.counts.failed.Add(failed)
-	f.counts.cancelled.Add(cancelled)
-	f.counts.badOutputs.Add(bad)
-	return nil
+	return f.w.send(ctx, job)
 }
 
 // settleLost fails the rows whose runs the inactive group does not have

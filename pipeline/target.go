@@ -91,13 +91,21 @@ func OpenTarget(ctx context.Context, t specs.Target, o TargetOptions) (*Target, 
 	return nil, fmt.Errorf("target.engine: must be embedded, server or parallel, not %q", t.Engine)
 }
 
+// embeddedCacheKiB is the page cache of an embedded engine's write
+// connection; each of its read connections gets a quarter.
+const embeddedCacheKiB = 32 << 10
+
 // openEmbedded starts an engine over the SQLite store in the state dir. The
 // caller holds the state dir's lock (LockState) unless o.Observe is set.
 func openEmbedded(ctx context.Context, o TargetOptions, log *slog.Logger) (*Target, error) {
 	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	st, err := sqlite.Open(ctx, filepath.Join(o.StateDir, "engine.db"))
+	// The pipeline reads the group through two streams at most (runs and
+	// events), and its writes append: a smaller cache than a server's
+	// leaves more of the run's memory budget to DuckDB.
+	st, err := sqlite.Open(ctx, filepath.Join(o.StateDir, "engine.db"),
+		sqlite.WithReadConns(2), sqlite.WithCacheSize(embeddedCacheKiB))
 	if err != nil {
 		return nil, fmt.Errorf("open embedded engine store: %w", err)
 	}

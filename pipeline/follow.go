@@ -50,9 +50,8 @@ func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := &follower{runner: r, finished: map[string]bool{}, settledAhead: map[string]bool{},
-		passed: newRecentRuns(), runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor,
-		w: newWriter(r)}
-	go f.w.run(ctx)
+		passed: newRecentRuns(), runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor}
+	f.w = startWriter(ctx, r)
 	defer f.w.stop()
 
 	// Catch up with whatever finished while no one was following.

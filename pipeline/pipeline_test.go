@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,6 +49,7 @@ type harness struct {
 	synth    processors.SyntheticOptions
 	groups   api.TaskGroups // optional wrapper around the engine
 	wrap     func(api.TaskGroups) api.TaskGroups
+	wrapSink func(pipeline.Sink) pipeline.Sink // optional wrapper around the sink
 	spec     api.TaskSpec
 	progress func(pipeline.Progress)
 }
@@ -94,8 +96,12 @@ func (h *harness) run(ctx context.Context, change func(*pipeline.Options)) (pipe
 	if h.wrap != nil {
 		groups = h.wrap(groups)
 	}
+	var out pipeline.Sink = sink
+	if h.wrapSink != nil {
+		out = h.wrapSink(sink)
+	}
 	opts := pipeline.Options{
-		Name: "test", Source: src, Sinks: []pipeline.Sink{sink}, Key: []string{"id"},
+		Name: "test", Source: src, Sinks: []pipeline.Sink{out}, Key: []string{"id"},
 		TaskSpec: h.spec, Processor: "synthetic", Groups: groups, Target: target.ID,
 		StateDir: filepath.Join(h.dir, "state"), FlushInterval: 20 * time.Millisecond,
 		Progress: h.progress, ProgressEvery: 10 * time.Millisecond,
@@ -157,6 +163,46 @@ func TestRun_WritesEveryRowOnceAndResumes(t *testing.T) {
 	h.query(`SELECT string_agg(run_id, ',' ORDER BY id) FROM results`, &after)
 	if before != after {
 		t.Errorf("run ids changed on a re-run")
+	}
+}
+
+// failingSink passes writes on until its failAt-th, which fails.
+type failingSink struct {
+	pipeline.Sink
+	writes, failAt int
+}
+
+func (s *failingSink) Write(ctx context.Context, rows []sinks.Row) error {
+	s.writes++
+	if s.writes >= s.failAt {
+		return errors.New("disk full")
+	}
+	return s.Sink.Write(ctx, rows)
+}
+
+func TestRun_SinkFailureStopsTheRunAndARerunFinishesIt(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 1500, false)
+	h.wrapSink = func(s pipeline.Sink) pipeline.Sink { return &failingSink{Sink: s, failAt: 2} }
+	first, err := h.run(ctx, nil)
+	if err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("run with a failing sink: err = %v, want the sink's error", err)
+	}
+
+	// The re-run writes every row once and adds no run a second time.
+	h.wrapSink = nil
+	second, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := first.Submitted + second.Submitted; n != 1500 {
+		t.Errorf("runs added: %d then %d, want 1500 in all", first.Submitted, second.Submitted)
+	}
+	var rows, keys, runs, completed int64
+	h.query(`SELECT count(*), count(DISTINCT id), count(DISTINCT run_id),
+		count(*) FILTER (status = 'completed') FROM results`, &rows, &keys, &runs, &completed)
+	if rows != 1500 || keys != 1500 || runs != 1500 || completed != 1500 {
+		t.Errorf("table: %d rows, %d keys, %d run ids, %d completed", rows, keys, runs, completed)
 	}
 }
 

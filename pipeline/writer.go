@@ -3,20 +3,28 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"sync"
 
 	"github.com/taskpipe/taskpipe/sinks"
 )
 
-// writer applies the follower's writes in the order they were sent, on its
-// own goroutine: rows go to the sinks, then their state is settled; a
-// cursor update is recorded only after every write sent before it, so a
-// recorded cursor never passes a run whose row is not written.
+// writer applies the follower's writes in the order they were sent, in two
+// stages on their own goroutines: the sink stage upserts rows into the
+// sinks, then the state stage settles their state and records cursors. So
+// reading the next runs, writing the last batch and settling the one
+// before overlap, while each row is still settled only after its sink
+// write, and a cursor recorded only after every write sent before it: a
+// recorded cursor never passes a run whose row is not written and settled.
 type writer struct {
 	*runner
-	jobs chan writeJob
-	// done is closed when run returns; err is then the first error.
-	done chan struct{}
-	err  error
+	jobs   chan writeJob // to the sink stage
+	states chan writeJob // from the sink stage to the state stage
+	// done is closed when both stages have returned; err is then the
+	// first error.
+	done    chan struct{}
+	errOnce sync.Once
+	err     error
+	cancel  context.CancelFunc
 }
 
 // writeJob is one write: finished runs' rows and the statuses to settle
@@ -32,45 +40,84 @@ type writeJob struct {
 	synced chan struct{}
 }
 
-// writerQueue is how many writes may wait: two batches in flight are
-// enough to overlap reading with writing.
+// writerQueue is how many writes may wait before each stage: two batches
+// in flight are enough to overlap the stages.
 const writerQueue = 2
 
-func newWriter(r *runner) *writer {
-	return &writer{runner: r, jobs: make(chan writeJob, writerQueue), done: make(chan struct{})}
+// startWriter starts the writer's stages; they run until stop or ctx ends,
+// or one fails.
+func startWriter(ctx context.Context, r *runner) *writer {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &writer{runner: r, jobs: make(chan writeJob, writerQueue),
+		states: make(chan writeJob, writerQueue), done: make(chan struct{}), cancel: cancel}
+	stateDone := make(chan struct{})
+	go func() {
+		defer close(stateDone)
+		w.stateStage(ctx)
+	}()
+	go func() {
+		defer close(w.done)
+		defer cancel()
+		w.sinkStage(ctx)
+		close(w.states)
+		<-stateDone
+	}()
+	return w
 }
 
-// run applies writes until stop or ctx ends, or one fails.
-func (w *writer) run(ctx context.Context) {
-	defer close(w.done)
+// fail records the first error and stops both stages.
+func (w *writer) fail(err error) {
+	w.errOnce.Do(func() { w.err = err })
+	w.cancel()
+}
+
+// sinkStage writes each job's rows to the sinks and passes the job on.
+func (w *writer) sinkStage(ctx context.Context) {
 	for {
+		var job writeJob
 		select {
 		case <-ctx.Done():
-			w.err = ctx.Err()
+			w.fail(ctx.Err())
 			return
-		case job, ok := <-w.jobs:
+		case j, ok := <-w.jobs:
 			if !ok {
 				return
 			}
-			if err := w.apply(ctx, job); err != nil {
-				w.err = err
+			job = j
+		}
+		if len(job.rows) > 0 {
+			if err := w.writeSinks(ctx, job.rows); err != nil {
+				w.fail(err)
 				return
 			}
+		}
+		select {
+		case w.states <- job:
+		case <-ctx.Done():
+			w.fail(ctx.Err())
+			return
 		}
 	}
 }
 
-// apply carries out one write.
-func (w *writer) apply(ctx context.Context, job writeJob) error {
+// stateStage settles rows, records cursors and releases barriers, in order.
+func (w *writer) stateStage(ctx context.Context) {
+	for job := range w.states {
+		if err := w.applyState(ctx, job); err != nil {
+			w.fail(err)
+			return
+		}
+	}
+}
+
+// applyState carries out the state part of one job.
+func (w *writer) applyState(ctx context.Context, job writeJob) error {
 	switch {
 	case job.synced != nil:
 		close(job.synced)
 		return nil
 	case job.cursors:
 		return w.state.setCursors(ctx, w.opts.Target, job.runCursor, job.eventCursor)
-	}
-	if err := w.writeSinks(ctx, job.rows); err != nil {
-		return err
 	}
 	w.mu.Lock()
 	n, err := w.state.settle(ctx, job.settle, w.pass)
@@ -90,16 +137,21 @@ func (w *writer) apply(ctx context.Context, job writeJob) error {
 // error of its own.
 var errWriterStopped = errors.New("result writer stopped")
 
+// stopped returns the error a stopped writer reports.
+func (w *writer) stopped() error {
+	if w.err != nil {
+		return w.err
+	}
+	return errWriterStopped
+}
+
 // send queues a write; it fails with the writer's error once it has one.
 func (w *writer) send(ctx context.Context, job writeJob) error {
 	select {
 	case w.jobs <- job:
 		return nil
 	case <-w.done:
-		if w.err != nil {
-			return w.err
-		}
-		return errWriterStopped
+		return w.stopped()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -115,10 +167,7 @@ func (w *writer) sync(ctx context.Context) error {
 	case <-synced:
 		return nil
 	case <-w.done:
-		if w.err != nil {
-			return w.err
-		}
-		return errWriterStopped
+		return w.stopped()
 	case <-ctx.Done():
 		return ctx.Err()
 	}

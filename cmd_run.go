@@ -133,7 +133,7 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	sum, err := pipeline.Run(ctx, pipeline.Options{
 		Name: pipelineName(spec), Source: src, Sinks: sinkList, Key: spec.Key,
 		Mapping: spec.Mapping, TaskSpec: spec.TaskSpec, Processor: spec.Task.Processor,
-		Metadata: api.Metadata(spec.Task.Metadata), MaxCost: c.MaxCost, Groups: target.Groups, Target: target.ID,
+		Metadata: api.Metadata(spec.Task.Metadata), MaxCost: c.MaxCost, Groups: target.Groups, Runs: target.Runs, Target: target.ID,
 		StateDir: stateDir, StateLock: lock, Limit: c.Limit, RetryFailed: c.RetryFailed, NoWait: c.NoWait,
 		AddsPerMinute: float64(spec.Target.AddsPerMinute), Logger: log,
 		Progress: c.progress(log), ProgressEvery: c.progressEvery(),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"slices"
 	"time"
 
 	"github.com/taskpipe/taskpipe/api"
@@ -21,22 +22,30 @@ var errScanDone = errors.New("scan done")
 // stream for finished runs, then reads their outputs from the runs stream
 // in batches and upserts them into the sinks.
 //
-// The runs stream is read from a watermark, the cursor after which not
-// every run is settled yet; it moves forward as runs finish, so each scan
-// covers about the runs in flight, not the whole group.
-//
-// TODO(follow): a run that stays active for long holds the watermark back,
-// so every scan re-reads the runs added since; a status=completed scan from
-// a second cursor would bound that.
+// Two cursors keep every read bounded. The scan cursor is where the last
+// scan of the runs stream stopped: each scan reads on from it, so a run is
+// read once. A run a scan meets while it is still active waits, with the
+// cursor before it; when its finish is reported it is read alone through
+// the run API (or, when many wait close together, by one scan over them).
+// The watermark, the recorded run cursor, is the cursor before the oldest
+// waiting run: everything before it is written, so a restarted follower
+// reads on from there, and one slow run never makes later scans read the
+// runs after it again.
 type follower struct {
 	*runner
 	// finished holds run ids reported finished and not yet written.
 	finished map[string]bool
-	// settledAhead holds runs past the watermark already handled.
-	settledAhead map[string]bool
-	// passed remembers the runs the watermark moved over lately, so that
-	// their events, which often trail the scans, start no scan.
-	passed      recentRuns
+	// handled remembers the runs written lately, so that their events,
+	// which often trail the scans, start no read.
+	handled recentRuns
+	// waiting holds the runs met active, by id, and order holds their ids
+	// in the order met (written ones are dropped lazily from its front).
+	waiting map[string]waitingRun
+	order   []string
+	// scanned counts the runs read by scans; scanCursor is the cursor
+	// after the last one.
+	scanned     int64
+	scanCursor  string
 	runCursor   string
 	eventCursor string
 	// w writes the rows the follower builds, in order, on its own
@@ -49,8 +58,9 @@ type follower struct {
 func (r *runner) follow(ctx context.Context, submitted <-chan struct{}) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	f := &follower{runner: r, finished: map[string]bool{}, settledAhead: map[string]bool{},
-		passed: newRecentRuns(), runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor}
+	f := &follower{runner: r, finished: map[string]bool{}, handled: newRecentRuns(),
+		waiting: map[string]waitingRun{}, scanCursor: r.group.RunCursor,
+		runCursor: r.group.RunCursor, eventCursor: r.group.EventCursor}
 	f.w = startWriter(ctx, r)
 	defer f.w.stop()
 
@@ -208,7 +218,7 @@ func (f *follower) flush(ctx context.Context, cursor string) error {
 	// scan does not look for them. A run written long ago that is still
 	// reported only makes one scan read to the end of the group.
 	for id := range f.finished {
-		if f.settledAhead[id] || f.passed.has(id) {
+		if f.handled.has(id) {
 			delete(f.finished, id)
 		}
 	}
@@ -224,39 +234,100 @@ func (f *follower) flush(ctx context.Context, cursor string) error {
 	return nil
 }
 
-// scan reads the runs stream from the watermark with outputs and writes
-// every finished run it meets. A full scan reads to the end of the group;
-// otherwise it stops once every collected finished run was met and the
-// watermark cannot move further.
+// waitingRun is a run a scan met while it was active.
+type waitingRun struct {
+	before string // the runs cursor just before it
+	at     int64  // its position among the runs scanned
+}
+
+// maxFetchShare bounds reading finished runs one at a time: when more
+// waiting runs finished than one per maxFetchShare runs scanned since the
+// oldest waiting one, a scan from the watermark reads them all at once.
+const maxFetchShare = 20
+
+// scan reads the runs stream with outputs and writes every finished run it
+// meets. A full scan starts over from the watermark and reads to the end of
+// the group; otherwise it reads on from the scan cursor and stops once it
+// has met every finished run reported beyond it. Then the finished runs it
+// met active before are read, and the watermark moves.
 func (f *follower) scan(ctx context.Context, full bool) error {
-	var (
-		buf       []*api.TaskRunEvent
-		prefix    = true // every run so far is finished
-		watermark = f.runCursor
-		passed    []string // runs the watermark moved over
-	)
+	if full {
+		if err := f.scanFrom(ctx, f.runCursor, true); err != nil {
+			return err
+		}
+	} else if f.ahead() > 0 {
+		if err := f.scanFrom(ctx, f.scanCursor, false); err != nil {
+			return err
+		}
+	}
+	if err := f.readWaiting(ctx); err != nil {
+		return err
+	}
+	// Runs reported finished but not met were written before.
+	clear(f.finished)
+	return f.advance(ctx)
+}
+
+// ahead counts the finished runs reported that no scan met yet.
+func (f *follower) ahead() int {
+	n := 0
+	for id := range f.finished {
+		if _, ok := f.waiting[id]; !ok {
+			n++
+		}
+	}
+	return n
+}
+
+// scanFrom reads the runs stream after cursor. From the watermark it reads
+// runs scanned before again: those written lately are skipped, and the
+// state store ignores the others (their rows are settled).
+func (f *follower) scanFrom(ctx context.Context, cursor string, toEnd bool) error {
+	// A scan from behind the scan cursor finds the waiting runs again, and
+	// goes on at least to the scan cursor, so that none is forgotten.
+	old := f.scanCursor
+	pastOld := cursor == old
+	if !pastOld {
+		f.scanned = 0
+		clear(f.waiting)
+		f.order = f.order[:0]
+	}
+	ahead := f.ahead()
+	var buf []*api.TaskRunEvent
 	err := f.opts.Groups.GroupRuns(ctx, f.groupID,
-		api.GroupRunsQuery{LastEventID: f.runCursor, IncludeOutput: true},
+		api.GroupRunsQuery{LastEventID: cursor, IncludeOutput: true},
 		func(ev *api.TaskRunEvent) error {
 			id := ev.Run.RunID
 			terminal := ev.Run.Status.Terminal()
-			if terminal && !f.settledAhead[id] {
-				buf = append(buf, ev)
+			if f.finished[id] {
+				ahead--
+				if terminal {
+					delete(f.finished, id)
+				}
 			}
-			delete(f.finished, id)
-			if prefix && terminal && ev.EventID != nil {
-				watermark = *ev.EventID
-				passed = append(passed, id)
-			} else {
-				prefix = false
+			switch {
+			case terminal:
+				if !f.handled.has(id) {
+					buf = append(buf, ev)
+				}
+			default:
+				if _, ok := f.waiting[id]; !ok {
+					f.waiting[id] = waitingRun{before: cursor, at: f.scanned}
+					f.order = append(f.order, id)
+				}
 			}
+			f.scanned++
+			if ev.EventID != nil {
+				cursor = *ev.EventID
+			}
+			pastOld = pastOld || cursor == old
 			if len(buf) >= writeBatch {
 				if err := f.write(ctx, buf); err != nil {
 					return err
 				}
 				buf = buf[:0]
 			}
-			if !full && !prefix && len(f.finished) == 0 {
+			if !toEnd && pastOld && ahead <= 0 {
 				return errScanDone
 			}
 			return nil
@@ -264,22 +335,93 @@ func (f *follower) scan(ctx context.Context, full bool) error {
 	if err != nil && !errors.Is(err, errScanDone) {
 		return fmt.Errorf("read runs of group %s: %w", f.groupID, err)
 	}
-	if err := f.write(ctx, buf); err != nil {
-		return err
-	}
-	// Runs reported finished but not met were behind the watermark.
-	clear(f.finished)
+	f.scanCursor = cursor
+	return f.write(ctx, buf)
+}
 
-	// Move the watermark: everything before it is written.
-	for _, id := range passed {
-		delete(f.settledAhead, id)
-		f.passed.add(id)
+// readWaiting reads the reported finished runs that scans met active: one
+// at a time through the run API while they are few against the runs
+// scanned since the oldest waiting one, else by one scan from the
+// watermark.
+func (f *follower) readWaiting(ctx context.Context) error {
+	var ids []string
+	for id := range f.finished {
+		if _, ok := f.waiting[id]; ok {
+			ids = append(ids, id)
+		}
 	}
-	if watermark != f.runCursor {
-		f.runCursor = watermark
-		return f.w.send(ctx, writeJob{cursors: true, runCursor: f.runCursor, eventCursor: f.eventCursor})
+	if len(ids) == 0 {
+		return nil
 	}
-	return nil
+	f.trimOrder()
+	span := f.scanned - f.waiting[f.order[0]].at
+	if f.opts.Runs == nil || int64(len(ids))*maxFetchShare > span {
+		return f.scanFrom(ctx, f.runCursor, false)
+	}
+	evs := make([]*api.TaskRunEvent, 0, len(ids))
+	for _, id := range ids {
+		ev, err := f.fetchRun(ctx, id)
+		if err != nil {
+			return err
+		}
+		if ev != nil {
+			evs = append(evs, ev)
+		}
+	}
+	return f.write(ctx, evs)
+}
+
+// fetchRun reads one finished run and its output through the run API; nil
+// while the run is still active (a later full scan finds it).
+func (f *follower) fetchRun(ctx context.Context, id string) (*api.TaskRunEvent, error) {
+	res, err := f.opts.Runs.GetRunResult(ctx, id, time.Second)
+	switch {
+	case err == nil:
+		return &api.TaskRunEvent{Type: api.EventRunState, Run: res.Run, Output: &res.Output}, nil
+	case errors.Is(err, api.ErrTimeout):
+		return nil, nil
+	case !errors.Is(err, api.ErrNotFound):
+		return nil, fmt.Errorf("read run %s: %w", id, err)
+	}
+	// Failed and cancelled runs have no result: read their status.
+	run, err := f.opts.Runs.GetRun(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("read run %s: %w", id, err)
+	}
+	if !run.Status.Terminal() {
+		return nil, nil
+	}
+	return &api.TaskRunEvent{Type: api.EventRunState, Run: run}, nil
+}
+
+// trimOrder drops written runs from the front of order.
+func (f *follower) trimOrder() {
+	n := 0
+	for n < len(f.order) {
+		if _, ok := f.waiting[f.order[n]]; ok {
+			break
+		}
+		n++
+	}
+	f.order = f.order[n:]
+	if cap(f.order) > 1024 && len(f.order) < cap(f.order)/4 {
+		f.order = slices.Clone(f.order)
+	}
+}
+
+// advance moves the watermark to just before the oldest waiting run (to
+// the scan cursor when none waits) and records it after the writes sent.
+func (f *follower) advance(ctx context.Context) error {
+	f.trimOrder()
+	watermark := f.scanCursor
+	if len(f.order) > 0 {
+		watermark = f.waiting[f.order[0]].before
+	}
+	if watermark == f.runCursor {
+		return nil
+	}
+	f.runCursor = watermark
+	return f.w.send(ctx, writeJob{cursors: true, runCursor: f.runCursor, eventCursor: f.eventCursor})
 }
 
 // write turns finished runs into rows and hands them to the writer, which
@@ -303,7 +445,8 @@ func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
 	job := writeJob{rows: make([]sinks.Row, 0, len(evs)), settle: make(map[string]string, len(evs))}
 	for _, ev := range evs {
 		id := ev.Run.RunID
-		f.settledAhead[id] = true
+		f.handled.add(id)
+		delete(f.waiting, id)
 		s, ok := states[id]
 		if !ok || s.Status != stateSubmitted {
 			continue

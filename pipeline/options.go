@@ -44,6 +44,10 @@ type Options struct {
 	MaxCost float64
 	// Groups reaches the task groups: the in-process engine or a client.
 	Groups api.TaskGroups
+	// Runs, when set, is the run API of the same target: runs that finish
+	// long after the runs around them are read through it one at a time.
+	// Without it they are found by reading the runs stream again.
+	Runs api.TaskRuns
 	// Target identifies where Groups leads ("embedded", "server
 	// http://host:8080", ...); the state store keeps one group per target.
 	Target string

@@ -50,6 +50,7 @@ type harness struct {
 	groups   api.TaskGroups // optional wrapper around the engine
 	wrap     func(api.TaskGroups) api.TaskGroups
 	wrapSink func(pipeline.Sink) pipeline.Sink // optional wrapper around the sink
+	wrapProc func(engine.Processor) engine.Processor
 	spec     api.TaskSpec
 	progress func(pipeline.Progress)
 }
@@ -75,9 +76,13 @@ func (h *harness) run(ctx context.Context, change func(*pipeline.Options)) (pipe
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	var proc engine.Processor = synth
+	if h.wrapProc != nil {
+		proc = h.wrapProc(synth)
+	}
 	target, err := pipeline.OpenTarget(ctx, specs.Target{Engine: specs.EngineEmbedded},
 		pipeline.TargetOptions{StateDir: filepath.Join(h.dir, "state"),
-			Backends: map[string]engine.Backend{"synthetic": {Processor: synth, Concurrency: 20000}}})
+			Backends: map[string]engine.Backend{"synthetic": {Processor: proc, Concurrency: 20000}}})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -102,7 +107,7 @@ func (h *harness) run(ctx context.Context, change func(*pipeline.Options)) (pipe
 	}
 	opts := pipeline.Options{
 		Name: "test", Source: src, Sinks: []pipeline.Sink{out}, Key: []string{"id"},
-		TaskSpec: h.spec, Processor: "synthetic", Groups: groups, Target: target.ID,
+		TaskSpec: h.spec, Processor: "synthetic", Groups: groups, Runs: target.Runs, Target: target.ID,
 		StateDir: filepath.Join(h.dir, "state"), FlushInterval: 20 * time.Millisecond,
 		Progress: h.progress, ProgressEvery: 10 * time.Millisecond,
 	}
@@ -203,6 +208,74 @@ func TestRun_SinkFailureStopsTheRunAndARerunFinishesIt(t *testing.T) {
 		count(*) FILTER (status = 'completed') FROM results`, &rows, &keys, &runs, &completed)
 	if rows != 1500 || keys != 1500 || runs != 1500 || completed != 1500 {
 		t.Errorf("table: %d rows, %d keys, %d run ids, %d completed", rows, keys, runs, completed)
+	}
+}
+
+// slowRun delays the run whose input name is name; it executes the others
+// at once.
+type slowRun struct {
+	engine.Processor
+	name  string
+	delay time.Duration
+}
+
+func (p *slowRun) Execute(ctx context.Context, jobs []engine.Job, r engine.Reporter) {
+	rest := jobs[:0:0]
+	for _, j := range jobs {
+		var in struct{ Name string }
+		if json.Unmarshal(j.Input.Input, &in) == nil && in.Name == p.name {
+			go func() {
+				time.Sleep(p.delay)
+				p.Processor.Execute(ctx, []engine.Job{j}, r)
+			}()
+			continue
+		}
+		rest = append(rest, j)
+	}
+	p.Processor.Execute(ctx, rest, r)
+}
+
+// runsReads counts the runs the pipeline reads from the runs stream.
+type runsReads struct {
+	api.TaskGroups
+	n atomic.Int64
+}
+
+func (c *runsReads) GroupRuns(ctx context.Context, id string, q api.GroupRunsQuery, fn func(*api.TaskRunEvent) error) error {
+	return c.TaskGroups.GroupRuns(ctx, id, q, func(ev *api.TaskRunEvent) error {
+		c.n.Add(1)
+		return fn(ev)
+	})
+}
+
+func TestRun_ASlowRunIsReadAloneNotByReadingLaterRunsAgain(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 2000, false)
+	h.wrapProc = func(p engine.Processor) engine.Processor {
+		return &slowRun{Processor: p, name: "company 5", delay: 1500 * time.Millisecond}
+	}
+	reads := &runsReads{}
+	h.wrap = func(g api.TaskGroups) api.TaskGroups { reads.TaskGroups = g; return reads }
+	// Twenty adds over about a second, while the slow run holds on.
+	sum, err := h.run(ctx, func(o *pipeline.Options) {
+		o.ChunkSize = 100
+		o.AddsPerMinute = 1200
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Statuses["completed"] != 2000 {
+		t.Fatalf("summary = %+v", sum)
+	}
+	var slow string
+	h.query(`SELECT status FROM results WHERE id = 5`, &slow)
+	if slow != "completed" {
+		t.Errorf("the slow run's row is %q", slow)
+	}
+	// Each run is read about once; reading from the slow run on at every
+	// scan would read thousands more.
+	if n := reads.n.Load(); n > 3000 {
+		t.Errorf("read %d runs for 2000 rows", n)
 	}
 }
 

@@ -32,6 +32,8 @@ var ErrUnreachable = errors.New("target unreachable")
 type Target struct {
 	// Groups is the task group API of the target.
 	Groups api.TaskGroups
+	// Runs is the run API of the target.
+	Runs api.TaskRuns
 	// ID identifies the target in the state store, e.g. "embedded" or
 	// "server http://127.0.0.1:8080".
 	ID     string
@@ -85,7 +87,7 @@ func OpenTarget(ctx context.Context, t specs.Target, o TargetOptions) (*Target, 
 			return nil, fmt.Errorf("target: %w: no API key in $%s", ErrUnreachable, t.APIKeyEnv)
 		}
 		c := api.NewClient(url, key, api.WithLogger(log))
-		return &Target{Groups: c, ID: t.Engine + " " + url,
+		return &Target{Groups: c, Runs: c, ID: t.Engine + " " + url,
 			close: func(context.Context) error { return nil }}, nil
 	}
 	return nil, fmt.Errorf("target.engine: must be embedded, server or parallel, not %q", t.Engine)
@@ -116,7 +118,7 @@ func openEmbedded(ctx context.Context, o TargetOptions, log *slog.Logger) (*Targ
 		return nil, fmt.Errorf("make embedded engine: %w", err)
 	}
 	if o.Observe {
-		return &Target{Groups: e, ID: "embedded", engine: e, close: func(context.Context) error {
+		return &Target{Groups: e, Runs: e, ID: "embedded", engine: e, close: func(context.Context) error {
 			return st.Close()
 		}}, nil
 	}
@@ -124,7 +126,7 @@ func openEmbedded(ctx context.Context, o TargetOptions, log *slog.Logger) (*Targ
 		st.Close()
 		return nil, fmt.Errorf("start embedded engine: %w", err)
 	}
-	return &Target{Groups: e, ID: "embedded", engine: e, close: func(ctx context.Context) error {
+	return &Target{Groups: e, Runs: e, ID: "embedded", engine: e, close: func(ctx context.Context) error {
 		err := e.Stop(ctx)
 		return errors.Join(err, st.Close())
 	}}, nil

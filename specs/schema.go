@@ -20,6 +20,9 @@ import (
 // safe for concurrent use.
 type Schema struct {
 	compiled *jsonschema.Schema
+	// fast, when the schema is simple enough, accepts valid values without
+	// the full validator; see schema_fast.go. Nil means always use compiled.
+	fast *fastSchema
 }
 
 // schemaCacheSize bounds the compiled schemas kept; when it is reached the
@@ -68,7 +71,7 @@ func CompileSchema(raw json.RawMessage) (*Schema, error) {
 	if err != nil {
 		return nil, api.Errorf(api.ErrInvalid, "compile json schema: %v", err)
 	}
-	s = &Schema{compiled: compiled}
+	s = &Schema{compiled: compiled, fast: compileFast(doc)}
 
 	schemaCache.Lock()
 	if len(schemaCache.byHash) >= schemaCacheSize {
@@ -83,6 +86,11 @@ func CompileSchema(raw json.RawMessage) (*Schema, error) {
 // float64 or json.Number). The error lists every violation, each naming the
 // field by its dotted path: `revenue: got string, want number`.
 func (s *Schema) ValidateValue(v any) error {
+	// The fast checker only ever accepts values the full validator accepts;
+	// anything else, valid or not, goes to the full validator.
+	if s.fast != nil && s.fast.validValue(v) {
+		return nil
+	}
 	err := s.compiled.Validate(v)
 	if err == nil {
 		return nil
@@ -101,6 +109,10 @@ func (s *Schema) ValidateValue(v any) error {
 
 // ValidateJSON decodes a JSON document and checks it like ValidateValue.
 func (s *Schema) ValidateJSON(raw json.RawMessage) error {
+	// A document the fast checker accepts as it reads needs no decoding.
+	if s.fast != nil && s.fast.validJSON(raw) {
+		return nil
+	}
 	v, err := decodeJSON(raw)
 	if err != nil {
 		return &ValueError{Violations: []string{"not valid JSON: " + err.Error()}}

@@ -253,19 +253,87 @@ func TestCompileSchema_Concurrent(t *testing.T) {
 	wg.Wait()
 }
 
+// pipelineSchema is shaped like the input schemas of our pipelines: a
+// closed object of a few strings, an integer, a boolean, an enum and an
+// array of strings.
+const pipelineSchema = `{"type":"object","additionalProperties":false,
+ "required":["company_name","ticker","employees","listed","tier","tags"],
+ "properties":{
+  "company_name":{"type":"string","description":"The company's name"},
+  "ticker":{"type":["string","null"]},
+  "employees":{"type":"integer"},
+  "listed":{"type":"boolean"},
+  "tier":{"type":"string","enum":["mega","large","mid","small"]},
+  "tags":{"type":"array","items":{"type":"string"}}}}`
+
+// pipelineInput is a valid value of pipelineSchema.
+const pipelineInput = `{"company_name":"Acme Corp","ticker":"ACME","employees":12000,` +
+	`"listed":true,"tier":"large","tags":["industrials","machinery"]}`
+
+// BenchmarkSchema_ValidateValue checks decoded values: goodSchema's anyOf
+// takes the full validator, pipelineSchema the fast checker, with numbers as
+// float64 (encoding/json, go-json) or json.Number (decodeJSON).
 func BenchmarkSchema_ValidateValue(b *testing.B) {
-	s, err := CompileSchema(json.RawMessage(goodSchema))
+	for _, bc := range []struct {
+		name, schema, value string
+		useNumber           bool
+	}{
+		{"anyOf", goodSchema,
+			`{"name":"Acme","revenue":1.5,"tags":["a","b"],"hq":{"city":"Oslo"},"ceo":"X"}`, false},
+		{"pipeline/float64", pipelineSchema, pipelineInput, false},
+		{"pipeline/number", pipelineSchema, pipelineInput, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			s, err := CompileSchema(json.RawMessage(bc.schema))
+			if err != nil {
+				b.Fatal(err)
+			}
+			var v any
+			if bc.useNumber {
+				v, err = decodeJSON([]byte(bc.value))
+			} else {
+				err = json.Unmarshal([]byte(bc.value), &v)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := s.ValidateValue(v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkSchema_ValidateJSON checks JSON documents as the pipeline does for
+// every row's input: a valid one, and one that breaks the schema and so pays
+// for the error.
+func BenchmarkSchema_ValidateJSON(b *testing.B) {
+	s, err := CompileSchema(json.RawMessage(pipelineSchema))
 	if err != nil {
 		b.Fatal(err)
 	}
-	var v any
-	_ = json.Unmarshal([]byte(`{"name":"Acme","revenue":1.5,"tags":["a","b"],"hq":{"city":"Oslo"},"ceo":"X"}`), &v)
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := s.ValidateValue(v); err != nil {
-			b.Fatal(err)
+	valid := []byte(pipelineInput)
+	invalid := []byte(`{"company_name":"Acme Corp","ticker":"ACME","employees":1.5,` +
+		`"listed":true,"tier":"large","tags":["industrials",7]}`)
+	b.Run("valid", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := s.ValidateJSON(valid); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
+	b.Run("invalid", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := s.ValidateJSON(invalid); err == nil {
+				b.Fatal("invalid input passed")
+			}
+		}
+	})
 }
 
 // nested returns a schema whose objects nest depth levels deep, the root

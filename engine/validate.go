@@ -163,7 +163,9 @@ func (e *Engine) checkInput(field string, in *api.TaskRunInput, def *api.TaskSpe
 
 	// An input that breaks input_schema is a warning, as in the Task API.
 	warnings := info.warnings
-	if info.input != nil {
+	if info.input != nil && info.input.ValidateJSON(trimmed) != nil {
+		// Invalid (or undecidable without decoding): decode it to report
+		// it as before.
 		var v any
 		if err := gojson.Unmarshal(trimmed, &v); err == nil {
 			if err := info.input.ValidateValue(v); err != nil {
@@ -218,6 +220,9 @@ func (e *Engine) checkOutput(info *specInfo, out *api.Output) error {
 	}
 	if out.Type != api.OutputJSON {
 		return fmt.Errorf("%w: got %s output for a json schema", errInvalidOutput, out.Type)
+	}
+	if info.output.ValidateJSON(out.Content) == nil {
+		return nil
 	}
 	var v any
 	if err := gojson.Unmarshal(out.Content, &v); err != nil {

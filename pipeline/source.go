@@ -40,9 +40,10 @@ type Source interface {
 	Close() error
 }
 
-// Counter is implemented by sources that can count their rows cheaply
-// (from file metadata, without a scan); `taskpipe run --dry-run` prints the
-// count when it is.
+// Counter is implemented by sources that know their row count before the
+// rows are read: Parquet from file metadata, CSV from the check that reads
+// every file through before any row is used. `taskpipe run --dry-run`
+// prints the count, and progress shows it as the total.
 type Counter interface {
 	Count(ctx context.Context) (int64, error)
 }

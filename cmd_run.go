@@ -106,6 +106,13 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		}
 	}
 
+	// Read the source's columns (a CSV source checks its files through)
+	// before anything is opened for writing, so a bad source leaves no
+	// state, engine or table behind.
+	if _, err := src.Columns(ctx); err != nil {
+		return withExitCode(exitUsage, fmt.Errorf("run: describe source: %w", err))
+	}
+
 	// Hold the state dir before the sinks and an embedded engine open: an
 	// engine recovers runs it finds running, which must never be another
 	// live pipeline's, and a second run should hear that the state is in

@@ -40,9 +40,17 @@ type writeJob struct {
 	synced chan struct{}
 }
 
-// writerQueue is how many writes may wait before each stage: two batches
-// in flight are enough to overlap the stages.
-const writerQueue = 2
+// writerQueue is how many writes may wait before each stage. Writes that
+// queue while the sinks are busy are written together (see sinkStage).
+const writerQueue = 6
+
+// maxCoalesced bounds the rows of queued writes joined into one sink write.
+// A DuckDB commit costs far more than its rows when the batch is small (it
+// writes the WAL and, past a threshold, checkpoints): 1,000,000 rows with
+// a basis took 13 s in batches of 8,000 and under 5 s in batches of
+// 100,000. Joining only what queued keeps batches small, and rows visible
+// at once, while results trickle in.
+const maxCoalesced = 50_000
 
 // startWriter starts the writer's stages; they run until stop or ctx ends,
 // or one fails.
@@ -71,10 +79,11 @@ func (w *writer) fail(err error) {
 	w.cancel()
 }
 
-// sinkStage writes each job's rows to the sinks and passes the job on.
+// sinkStage writes the jobs' rows to the sinks, those of jobs that queued
+// meanwhile in one write, and passes the jobs on in order.
 func (w *writer) sinkStage(ctx context.Context) {
 	for {
-		var job writeJob
+		var batch []writeJob
 		select {
 		case <-ctx.Done():
 			w.fail(ctx.Err())
@@ -83,21 +92,60 @@ func (w *writer) sinkStage(ctx context.Context) {
 			if !ok {
 				return
 			}
-			job = j
+			batch = append(batch, j)
 		}
-		if len(job.rows) > 0 {
-			if err := w.writeSinks(ctx, job.rows); err != nil {
+		rows, open := w.coalesce(&batch)
+		if len(rows) > 0 {
+			if err := w.writeSinks(ctx, rows); err != nil {
 				w.fail(err)
 				return
 			}
 		}
-		select {
-		case w.states <- job:
-		case <-ctx.Done():
-			w.fail(ctx.Err())
+		for _, job := range batch {
+			job.rows = nil
+			select {
+			case w.states <- job:
+			case <-ctx.Done():
+				w.fail(ctx.Err())
+				return
+			}
+		}
+		if !open {
 			return
 		}
 	}
+}
+
+// coalesce adds the jobs already queued to batch, up to maxCoalesced rows,
+// and returns all their rows in order; open is false once the queue is
+// closed.
+func (w *writer) coalesce(batch *[]writeJob) (rows []sinks.Row, open bool) {
+	n := len((*batch)[0].rows)
+	for n < maxCoalesced {
+		select {
+		case j, ok := <-w.jobs:
+			if !ok {
+				return joinRows(*batch, n), false
+			}
+			*batch = append(*batch, j)
+			n += len(j.rows)
+		default:
+			return joinRows(*batch, n), true
+		}
+	}
+	return joinRows(*batch, n), true
+}
+
+// joinRows returns the rows of the jobs in order, n in all.
+func joinRows(jobs []writeJob, n int) []sinks.Row {
+	if len(jobs) == 1 {
+		return jobs[0].rows
+	}
+	rows := make([]sinks.Row, 0, n)
+	for _, j := range jobs {
+		rows = append(rows, j.rows...)
+	}
+	return rows
 }
 
 // stateStage settles rows, records cursors and releases barriers, in order.

@@ -11,24 +11,35 @@ import (
 	"fmt"
 	"hash/maphash"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/duckdb/duckdb-go/v2"
+	gojson "github.com/goccy/go-json"
 
+	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/specs"
 )
 
 // DuckDB is the sink that writes into a table of a DuckDB database.
 //
-// Each Write appends the batch to a temporary staging table through DuckDB's
-// Appender, then replaces rows in one transaction: a DELETE of every row
-// sharing a key or run_id with the batch, and one INSERT ... SELECT. The
-// transaction commits before Write returns, so other connections of the
-// same process see the rows at once. (DuckDB lets one process hold a
-// database file for writing; other processes can query it once the
-// pipeline has closed it, or query the Parquet sink's file.)
+// Each Write runs in one transaction that commits before Write returns, so
+// other connections of the same process see the rows at once, and a failed
+// Write leaves none of its batch. (DuckDB lets one process hold a database
+// file for writing; other processes can query it once the pipeline has
+// closed it, or query the Parquet sink's file.)
+//
+// A batch of only new keys and run_ids goes through a query appender: the
+// rows are appended in Go and DuckDB runs one INSERT ... SELECT over them.
+// A batch that may replace rows is appended to a temporary staging table
+// instead, then a DELETE of every row sharing a key or run_id with it and
+// one INSERT ... SELECT from the staging table run. Either way the basis is
+// appended as its JSON text and built into the typed basis column by
+// DuckDB's from_json_strict, and source-typed keys are appended as text and
+// cast: appending nested values from Go costs reflection and a cgo call per
+// string.
 //
 // Key columns are not declared a primary key: DuckDB's index constraints
 // reject a delete and re-insert of one key within a transaction, and the
@@ -47,6 +58,9 @@ type DuckDB struct {
 	columns []specs.Column
 	insert  string // INSERT ... SELECT from the staging table
 	delete  string // DELETE of the rows the staged batch replaces
+	// insertAppended is the INSERT ... SELECT of a batch of new rows, run
+	// by a query appender over the rows appended to it.
+	insertAppended string
 
 	// written holds hashes of the keys and run_ids this sink wrote into a
 	// table that was empty when opened, so that a batch of only new rows
@@ -121,6 +135,39 @@ func OpenDuckDB(path string) (*sql.DB, error) {
 // DuckDB refuses a second connection to a file opened with other settings.
 const SinkMemoryLimit = "256MB"
 
+// SinkCheckpointThreshold is the size of write-ahead log at which a
+// database a sink opens itself is checkpointed (DuckDB's default is 16 MB).
+// A checkpoint writes the rows committed since the last one as new row
+// groups, and later merges row groups too small to stay apart by writing
+// them again. At 128 MB a checkpoint holds about 100,000 pipeline rows,
+// close to a full row group (122,880 rows), so a row is written about once;
+// at 16 MB the last row groups were written again every few batches. Rows
+// not yet checkpointed live in the buffer pool: half of SinkMemoryLimit.
+const SinkCheckpointThreshold = "128MB"
+
+// execer runs a statement: a *sql.DB or a *sql.Conn.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// setSinkDatabase sets up a database a sink opens itself for writing: one
+// DuckDB thread (a batch is too small to gain from more; extra threads only
+// spin and take CPU from the pipeline), SinkCheckpointThreshold and, with
+// capMemory, SinkMemoryLimit. These are settings of the whole database.
+func setSinkDatabase(ctx context.Context, db execer, capMemory bool) error {
+	settings := []string{"SET threads = 1",
+		"SET checkpoint_threshold = '" + SinkCheckpointThreshold + "'"}
+	if capMemory {
+		settings = append(settings, "SET memory_limit = '"+SinkMemoryLimit+"'")
+	}
+	for _, stmt := range settings {
+		if _, err := db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("set up sink database: %w", err)
+		}
+	}
+	return nil
+}
+
 // OpenDuckDBReadOnly opens a DuckDB database file read-only with extension
 // auto-install and auto-load turned off, for queries over result tables.
 func OpenDuckDBReadOnly(path string) (*sql.DB, error) {
@@ -156,7 +203,7 @@ func (s *DuckDB) Open(ctx context.Context, t specs.Table) error {
 	}
 	s.conn = conn
 	if s.ownDB {
-		if _, err := conn.ExecContext(ctx, "SET memory_limit = '"+SinkMemoryLimit+"'"); err != nil {
+		if err := setSinkDatabase(ctx, conn, true); err != nil {
 			return fmt.Errorf("open sink table %s: %w", s.name, err)
 		}
 	}
@@ -191,13 +238,13 @@ func (s *DuckDB) Open(ctx context.Context, t specs.Table) error {
 		s.opened, s.openedEmpty = true, empty
 	}
 
-	// The staging table holds one batch; source-typed key columns are
-	// staged as text and cast on insert.
+	// The staging table holds one batch; source-typed key columns and the
+	// basis (as JSON) are staged as text and cast on insert.
 	s.stage = "taskpipe_stage_" + randomHex(6)
 	var defs []string
 	for i, c := range s.columns {
 		typ := c.Type.DuckDB(t.Enums)
-		if i < len(t.Key) && c.Type.Kind == specs.KindSQL {
+		if (i < len(t.Key) && c.Type.Kind == specs.KindSQL) || c.Name == specs.ColBasis {
 			typ = "VARCHAR"
 		}
 		defs = append(defs, specs.QuoteIdent(c.Name)+" "+typ)
@@ -211,26 +258,41 @@ func (s *DuckDB) Open(ctx context.Context, t specs.Table) error {
 	return nil
 }
 
-// prepareStatements builds the DELETE and INSERT of a batch.
+// prepareStatements builds the DELETE and INSERTs of a batch.
 func (s *DuckDB) prepareStatements() {
 	stage := "temp.main." + specs.QuoteIdent(s.stage)
-	var selects, keyMatch []string
+	var selects, appended, keyMatch []string
 	for i, c := range s.columns {
-		col := "st." + specs.QuoteIdent(c.Name)
+		staged := s.insertExpr(i, "st."+specs.QuoteIdent(c.Name))
 		if i < len(s.table.Key) {
-			if c.Type.Kind == specs.KindSQL {
-				col = "CAST(" + col + " AS " + c.Type.SQL + ")"
-			}
 			keyMatch = append(keyMatch,
-				col+" IS NOT DISTINCT FROM t."+specs.QuoteIdent(c.Name))
+				staged+" IS NOT DISTINCT FROM t."+specs.QuoteIdent(c.Name))
 		}
-		selects = append(selects, col)
+		selects = append(selects, staged)
+		// A query appender names the columns of its rows col1, col2, ...
+		appended = append(appended, s.insertExpr(i, "st.col"+strconv.Itoa(i+1)))
 	}
 	s.insert = "INSERT INTO " + s.quoted + " SELECT " + strings.Join(selects, ", ") +
 		" FROM " + stage + " st"
+	s.insertAppended = "INSERT INTO " + s.quoted + " SELECT " + strings.Join(appended, ", ") +
+		" FROM appended_data st"
 	s.delete = "DELETE FROM " + s.quoted + " t WHERE EXISTS (SELECT 1 FROM " + stage +
 		" st WHERE " + strings.Join(keyMatch, " AND ") + ") OR t.run_id IN (SELECT run_id FROM " +
 		stage + " WHERE run_id IS NOT NULL)"
+}
+
+// insertExpr is the value the INSERT takes for column i from its staged
+// value col: source-typed keys are cast from text, the basis is built from
+// its JSON text.
+func (s *DuckDB) insertExpr(i int, col string) string {
+	c := s.columns[i]
+	switch {
+	case i < len(s.table.Key) && c.Type.Kind == specs.KindSQL:
+		return "CAST(" + col + " AS " + c.Type.SQL + ")"
+	case c.Name == specs.ColBasis:
+		return "from_json_strict(" + col + ", " + specs.QuoteLiteral(jsonStructure(c.Type)) + ")"
+	}
+	return col
 }
 
 // tableExists reports whether the sink's table exists.
@@ -388,6 +450,12 @@ func (s *DuckDB) write(ctx context.Context, rows []Row) error {
 	}
 	rows = latestRows(rows)
 
+	// A batch of only new rows needs neither the DELETE nor the staging
+	// table.
+	if !s.mayReplace(rows) {
+		return s.insertNew(ctx, rows)
+	}
+
 	// Stage the batch through the Appender.
 	err := s.conn.Raw(func(dc any) error {
 		conn, ok := dc.(driver.Conn)
@@ -398,11 +466,8 @@ func (s *DuckDB) write(ctx context.Context, rows []Row) error {
 		if err != nil {
 			return err
 		}
-		for _, r := range rows {
-			if err := a.AppendRow(s.rowValues(r)...); err != nil {
-				a.Close()
-				return fmt.Errorf("append row %v: %w", r.Key, err)
-			}
+		if err := s.appendRows(a, rows); err != nil {
+			return err
 		}
 		return a.Close()
 	})
@@ -418,9 +483,6 @@ func (s *DuckDB) write(ctx context.Context, rows []Row) error {
 		return fmt.Errorf("write sink rows: %w", err)
 	}
 	stmts := []string{s.delete, s.insert, "DELETE FROM temp.main." + specs.QuoteIdent(s.stage)}
-	if !s.mayReplace(rows) {
-		stmts = stmts[1:]
-	}
 	for _, stmt := range stmts {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			tx.Rollback()
@@ -431,6 +493,51 @@ func (s *DuckDB) write(ctx context.Context, rows []Row) error {
 	if err := tx.Commit(); err != nil {
 		s.clearStage(ctx)
 		return fmt.Errorf("commit sink rows: %w", err)
+	}
+	return nil
+}
+
+// insertNew inserts a batch of rows that replace none in one transaction,
+// through a query appender that runs the INSERT over the appended rows. The
+// appender may run it more than once for a large batch; the transaction
+// keeps the batch whole.
+func (s *DuckDB) insertNew(ctx context.Context, rows []Row) error {
+	tx, err := s.conn.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("write sink rows: %w", err)
+	}
+	err = s.conn.Raw(func(dc any) error {
+		conn, ok := dc.(driver.Conn)
+		if !ok {
+			return fmt.Errorf("unexpected driver connection %T", dc)
+		}
+		// The staging table only lends its column types.
+		a, err := duckdb.NewTableAppender(conn, s.insertAppended, "temp", "main", s.stage, nil)
+		if err != nil {
+			return err
+		}
+		if err := s.appendRows(a, rows); err != nil {
+			return err
+		}
+		return a.CloseWithCancel(ctx)
+	})
+	if err != nil {
+		tx.Rollback()
+		return fmt.Errorf("write sink rows: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit sink rows: %w", err)
+	}
+	return nil
+}
+
+// appendRows appends rows to a; on an error it closes a, dropping them.
+func (s *DuckDB) appendRows(a *duckdb.Appender, rows []Row) error {
+	for _, r := range rows {
+		if err := a.AppendRow(s.rowValues(r)...); err != nil {
+			a.Close()
+			return fmt.Errorf("append row %v: %w", r.Key, err)
+		}
 	}
 	return nil
 }
@@ -494,8 +601,52 @@ func (s *DuckDB) rowValues(r Row) []driver.Value {
 	for _, o := range outputs {
 		vals = append(vals, o)
 	}
-	return append(vals, specs.BasisValue(r.Basis), nullTime(r.CreatedAt),
+	return append(vals, basisJSON(r.Basis), nullTime(r.CreatedAt),
 		nullTime(r.FinishedAt), nullString(r.InputFingerprint), nullString(r.SpecHash))
+}
+
+// jsonStructure renders t as the structure argument of DuckDB's from_json,
+// which builds a value of type t from JSON text.
+func jsonStructure(t specs.Type) string {
+	switch t.Kind {
+	case specs.KindList:
+		elem := specs.JSONType
+		if t.Elem != nil {
+			elem = *t.Elem
+		}
+		return "[" + jsonStructure(elem) + "]"
+	case specs.KindStruct:
+		var sb strings.Builder
+		sb.WriteString("{")
+		for i, f := range t.Fields {
+			if i > 0 {
+				sb.WriteString(",")
+			}
+			name, _ := json.Marshal(f.Name)
+			sb.Write(name)
+			sb.WriteString(":")
+			sb.WriteString(jsonStructure(f.Type))
+		}
+		sb.WriteString("}")
+		return sb.String()
+	}
+	typ, _ := json.Marshal(t.DuckDB(false))
+	return string(typ)
+}
+
+// basisJSON encodes a run's basis as the JSON text that is appended for
+// the basis column, or NULL for none.
+func basisJSON(basis []api.FieldBasis) any {
+	if basis == nil {
+		return nil
+	}
+	b, err := gojson.Marshal(basis)
+	if err != nil {
+		// Unreachable: the basis holds only strings, pointers to strings
+		// and slices of them.
+		return nil
+	}
+	return b
 }
 
 // keyValue converts a key value for its column. Source-typed columns are

@@ -18,7 +18,8 @@ import (
 //
 // Parquet files cannot be updated in place, so rows are upserted into a
 // DuckDB state database beside the file (.<name>.taskpipe.duckdb, on disk,
-// so memory stays bounded whatever the row count) and the file is written
+// so memory stays bounded whatever the row count) by a DuckDB sink, with
+// one DuckDB thread as a sink's own database has, and the file is written
 // on Close: first to a temporary file in the same folder, then renamed over
 // the target, so a crash never leaves a half-written file and readers see
 // either the old file or the new one. Rows are visible in the file only
@@ -57,6 +58,10 @@ func (p *Parquet) Open(ctx context.Context, t specs.Table) error {
 		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
 	}
 	p.db, p.table = db, t
+	if err := setSinkDatabase(ctx, db, false); err != nil {
+		db.Close()
+		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+	}
 	p.inner = NewDuckDB(db, parquetStateTable)
 	if err := p.inner.Open(ctx, t); err != nil {
 		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
@@ -171,6 +176,11 @@ func (p *Parquet) publish(ctx context.Context) error {
 	var order []string
 	for _, c := range p.table.Key {
 		order = append(order, specs.QuoteIdent(c.Name))
+	}
+	// Writing the file sorts and compresses the whole table: let DuckDB
+	// use every core for it.
+	if _, err := p.db.ExecContext(ctx, "RESET threads"); err != nil {
+		return fmt.Errorf("write parquet: %w", err)
 	}
 	copySQL := "COPY (SELECT * FROM " + specs.QuoteIdent(parquetStateTable) + " ORDER BY " +
 		strings.Join(order, ", ") + ") TO " + specs.QuoteLiteral(tmpPath) +

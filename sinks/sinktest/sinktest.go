@@ -1,7 +1,7 @@
-// Package sinktest is the suite every sink must pass: typed columns round
-// trip, rows are upserted by key and by run_id, the basis column and
-// invalid_input rows are kept, large batches work and a reopened sink keeps
-// its rows.
+// Package sinktest is the suite every sink must pass: typed columns and
+// every shape of basis round trip, rows are upserted by key and by run_id,
+// invalid_input rows are kept, a batch that fails writes none of its rows,
+// large batches work and a reopened sink keeps its rows.
 package sinktest
 
 import (
@@ -87,10 +87,12 @@ func completed(symbol, runID string, employees int) sinks.Row {
 // Run runs the suite.
 func Run(t *testing.T, s Suite) {
 	t.Run("TypesRoundTrip", func(t *testing.T) { testTypes(t, s) })
+	t.Run("BasisRoundTrip", func(t *testing.T) { testBasis(t, s) })
 	t.Run("UpsertByKey", func(t *testing.T) { testUpsertByKey(t, s) })
 	t.Run("UpsertByRunID", func(t *testing.T) { testUpsertByRunID(t, s) })
 	t.Run("InvalidInputRows", func(t *testing.T) { testInvalidInput(t, s) })
 	t.Run("BadOutputFailsItsRowOnly", func(t *testing.T) { testBadOutput(t, s) })
+	t.Run("FailedBatchWritesNothing", func(t *testing.T) { testFailedBatch(t, s) })
 	t.Run("LargeBatch", func(t *testing.T) { testLargeBatch(t, s) })
 	t.Run("Reopen", func(t *testing.T) { testReopen(t, s) })
 	t.Run("IncompatibleTable", func(t *testing.T) { testIncompatible(t, s) })
@@ -204,6 +206,94 @@ func testTypes(t *testing.T, s Suite) {
 	}
 	if n["basis"] != nil {
 		t.Errorf("basis of a row without one = %#v, want NULL", n["basis"])
+	}
+}
+
+// testBasis writes bases of every shape (none, empty, null fields, empty
+// and null lists, text that JSON must escape) and reads each back exactly.
+func testBasis(t *testing.T, s Suite) {
+	ss := open(t, s, t.TempDir(), Table(t))
+	defer ss.close()
+	str := func(v string) *string { return &v }
+	tricky := "quote \" \\ back\\slash \u00e9t\u00e9 \u6771\u4eac \U0001F600 <a href='x'>&amp;</a>" +
+		"\n\ttab \x01 \x00 nul \u2028 end"
+	bases := map[string][]api.FieldBasis{
+		"A_NONE":  nil,
+		"B_EMPTY": {},
+		"C_NULLS": {{Field: "employees"}},
+		"D_LISTS": {
+			{Field: "revenue", Reasoning: "r", Confidence: str("low"), Citations: []api.Citation{}},
+			{Field: "hq.city", Reasoning: "", Citations: []api.Citation{
+				{URL: "https://a.example/x?q=1&r=2"},
+				{URL: "u", Title: str(""), Excerpts: []string{}},
+				{URL: "v", Title: str("T"), Excerpts: []string{"one", "", tricky}}}}},
+		"E_TEXT": {{Field: tricky, Reasoning: tricky, Confidence: str(tricky),
+			Citations: []api.Citation{{URL: tricky, Title: str(tricky), Excerpts: []string{tricky}}}}},
+	}
+	var rows []sinks.Row
+	for symbol, basis := range bases {
+		r := completed(symbol, "run_"+symbol, 1)
+		r.Basis = basis
+		rows = append(rows, r)
+	}
+	ss.write(rows...)
+
+	want := map[string]any{
+		"A_NONE":  nil,
+		"B_EMPTY": []any{},
+		"C_NULLS": []any{map[string]any{"field": "employees", "reasoning": "",
+			"confidence": nil, "citations": nil}},
+		"D_LISTS": []any{
+			map[string]any{"field": "revenue", "reasoning": "r", "confidence": "low",
+				"citations": []any{}},
+			map[string]any{"field": "hq.city", "reasoning": "", "confidence": nil,
+				"citations": []any{
+					map[string]any{"url": "https://a.example/x?q=1&r=2", "title": nil,
+						"excerpts": nil},
+					map[string]any{"url": "u", "title": "", "excerpts": []any{}},
+					map[string]any{"url": "v", "title": "T",
+						"excerpts": []any{"one", "", tricky}}}}},
+		"E_TEXT": []any{map[string]any{"field": tricky, "reasoning": tricky,
+			"confidence": tricky, "citations": []any{map[string]any{"url": tricky,
+				"title": tricky, "excerpts": []any{tricky}}}}},
+	}
+	got := ss.rows()
+	if len(got) != len(want) {
+		t.Fatalf("rows = %d, want %d", len(got), len(want))
+	}
+	for _, r := range got {
+		symbol := fmt.Sprint(r["symbol"])
+		if !reflect.DeepEqual(r["basis"], want[symbol]) {
+			t.Errorf("%s: basis = %#v\nwant %#v", symbol, r["basis"], want[symbol])
+		}
+	}
+}
+
+// testFailedBatch writes a batch whose last row DuckDB cannot store (a key
+// that is not a DATE) into an empty table and into one with rows: Write
+// fails, no row of the batch is kept, and the sink goes on writing.
+func testFailedBatch(t *testing.T, s Suite) {
+	ss := open(t, s, t.TempDir(), Table(t))
+	defer ss.close()
+	bad := completed("BAD", "run_bad", 0)
+	bad.Key = []any{"BAD", "not a date"}
+	for _, batch := range [][]sinks.Row{
+		{completed("A", "run_a", 1), completed("B", "run_b", 2), bad},
+		{completed("A", "run_a2", 3), completed("C", "run_c", 4), bad},
+	} {
+		if err := ss.sink.Write(context.Background(), batch); err == nil {
+			t.Fatalf("Write accepted a row keyed %v", bad.Key)
+		}
+		ss.write(completed("Z", "run_z", 9))
+		if !ss.s.LiveRows {
+			break // rows are only read after Close
+		}
+		if got, want := summary(ss.read()), "Z/run_z/9"; got != want {
+			t.Fatalf("rows after a failed batch = %s, want %s", got, want)
+		}
+	}
+	if got, want := summary(ss.rows()), "Z/run_z/9"; got != want {
+		t.Errorf("rows after a failed batch = %s, want %s", got, want)
 	}
 }
 

@@ -80,7 +80,7 @@ func (c *benchGroupCmd) Run(cli *CLI, log *slog.Logger) error {
 // against a plain DuckDB copy of the same rows.
 type benchPipelineCmd struct {
 	Rows int    `help:"Rows in the generated Parquet file." default:"1000000"`
-	Dir  string `help:"Folder for the fixture and outputs (default: a temporary folder, removed after)." type:"path"`
+	Dir  string `help:"Folder for the fixture and outputs, kept after (default: a temporary folder, removed after); outputs of an earlier run in it are removed first." type:"path"`
 }
 
 // Run generates the fixture, times the baseline copy, then runs the

@@ -49,6 +49,14 @@ func WritePipelineFixture(ctx context.Context, dir string, rows int) (PipelineFi
 		Spec:     filepath.Join(dir, "pipeline.yaml"),
 		Database: filepath.Join(dir, "out.duckdb"),
 	}
+	// Start clean: a state or table left by an earlier run in dir would
+	// make this one skip its rows.
+	for _, old := range []string{"state", "out.duckdb", "out.duckdb.wal", "baseline.duckdb",
+		"baseline.duckdb.wal"} {
+		if err := os.RemoveAll(filepath.Join(dir, old)); err != nil {
+			return f, fmt.Errorf("clear %s: %w", old, err)
+		}
+	}
 	db, err := sinks.OpenDuckDB("")
 	if err != nil {
 		return f, err

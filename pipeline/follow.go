@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"slices"
 	"time"
 
@@ -434,9 +435,7 @@ func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
 	for i, ev := range evs {
 		ids[i] = ev.Run.RunID
 	}
-	f.mu.Lock()
-	states, err := f.state.byRunIDs(ctx, ids)
-	f.mu.Unlock()
+	states, err := f.lookup(ctx, ids)
 	if err != nil {
 		return err
 	}
@@ -469,6 +468,39 @@ func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
 		}
 	}
 	return f.w.send(ctx, job)
+}
+
+// lookup returns the rows served by the runs ids, by run id. A run that
+// finished before the add-runs call that made it returned has no row yet:
+// when some are missing while a call is in flight, it waits for the call's
+// run ids to be recorded and looks them up again.
+func (f *follower) lookup(ctx context.Context, ids []string) (map[string]rowState, error) {
+	f.mu.Lock()
+	states, err := f.state.byRunIDs(ctx, ids)
+	adding := f.addDone
+	f.mu.Unlock()
+	if err != nil || adding == nil || len(states) == len(ids) {
+		return states, err
+	}
+	select {
+	case <-adding:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var missing []string
+	for _, id := range ids {
+		if _, ok := states[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	f.mu.Lock()
+	more, err := f.state.byRunIDs(ctx, missing)
+	f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(states, more)
+	return states, nil
 }
 
 // settleLost fails the rows whose runs the inactive group does not have

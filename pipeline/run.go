@@ -35,6 +35,9 @@ type runner struct {
 	// mu orders the submitter's decisions and run id records against the
 	// follower's lookups and settles.
 	mu sync.Mutex
+	// addDone, set under mu while an add-runs call is in flight, is closed
+	// once its run ids are recorded.
+	addDone chan struct{}
 	// outstanding counts rows of this pass waiting for a result.
 	outstanding atomic.Int64
 	// added is signalled after every add-runs call; submitted is closed

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/sinks"
 )
@@ -15,19 +17,49 @@ import (
 var errLimitReached = errors.New("limit reached")
 
 // submitter reads the source, decides what each row needs and adds runs in
-// chunks within the rate limit.
+// chunks within the rate limit. Reading and deciding run on one goroutine,
+// adding on another, so the next rows are read while a chunk is added.
 type submitter struct {
 	*runner
+	// chunk and chunkRows hold the runs decided and not yet handed to the
+	// adder; only the reading goroutine uses them.
 	chunk     []api.TaskRunInput
 	chunkRows []rowState
 	// batchKeys catches a key repeated inside one source batch.
 	batchKeys map[string]bool
+	// adds carries chunks to the adding goroutine.
+	adds chan addJob
 }
+
+// addJob is one add-runs call: the runs and the rows they serve.
+type addJob struct {
+	inputs []api.TaskRunInput
+	rows   []rowState
+}
+
+// addQueue is how many chunks may wait for the adding goroutine.
+const addQueue = 2
 
 // submitAll reads every source row (up to the limit) and submits the rows
 // that need a run. It returns when the last chunk is added.
 func (r *runner) submitAll(ctx context.Context) error {
-	s := &submitter{runner: r}
+	s := &submitter{runner: r, adds: make(chan addJob, addQueue)}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.addAll(gctx) })
+	g.Go(func() error {
+		defer close(s.adds)
+		if err := s.readAll(gctx); err != nil {
+			return err
+		}
+		return s.flush(gctx)
+	})
+	return g.Wait()
+}
+
+// readAll reads the source and decides every row, handing full chunks to
+// the adder.
+func (s *submitter) readAll(ctx context.Context) error {
+	r := s.runner
 	err := r.opts.Source.Read(ctx, r.opts.BatchSize, func(b Batch) error {
 		rows := b.Rows
 		if lim := r.opts.Limit; lim > 0 {
@@ -49,7 +81,7 @@ func (r *runner) submitAll(ctx context.Context) error {
 	if err != nil && !errors.Is(err, errLimitReached) {
 		return fmt.Errorf("read source: %w", err)
 	}
-	return s.flush(ctx)
+	return nil
 }
 
 // batch maps one source batch and acts on every row.
@@ -63,15 +95,28 @@ func (s *submitter) batch(ctx context.Context, rows [][]any) error {
 	}
 	s.counts.read.Add(int64(len(rows)))
 
-	// Decide under the lock the follower settles rows with, so a row is
-	// never counted as outstanding after its result was written.
+	if err := s.decide(ctx, mapped, keys); err != nil {
+		return err
+	}
+	for len(s.chunk) >= s.opts.ChunkSize {
+		if err := s.emit(ctx, s.opts.ChunkSize); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decide looks the rows up in the state store, acts on each and records
+// their new states, under the lock the follower settles rows with, so that a
+// row is never counted as outstanding after its result was written.
+func (s *submitter) decide(ctx context.Context, mapped []mappedRow, keys []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	states, err := s.state.rows(ctx, keys)
 	if err != nil {
 		return err
 	}
-	s.batchKeys = make(map[string]bool, len(rows))
+	s.batchKeys = make(map[string]bool, len(mapped))
 	var (
 		put     []rowState
 		invalid []mappedRow
@@ -119,15 +164,7 @@ func (s *submitter) batch(ctx context.Context, rows [][]any) error {
 		}
 		s.counts.invalid.Add(int64(len(invalid)))
 	}
-	if err := s.state.putRows(ctx, put); err != nil {
-		return err
-	}
-	for len(s.chunk) >= s.opts.ChunkSize {
-		if err := s.addChunk(ctx, s.opts.ChunkSize); err != nil {
-			return err
-		}
-	}
-	return nil
+	return s.state.putRows(ctx, put)
 }
 
 // keep decides, for a row whose input and spec did not change, whether its
@@ -178,48 +215,77 @@ func (s *submitter) runInput(m mappedRow) api.TaskRunInput {
 	return api.TaskRunInput{Input: m.Input, Processor: s.opts.Processor, Metadata: md}
 }
 
-// flush adds what is left in the chunk.
+// flush hands what is left in the chunk to the adder.
 func (s *submitter) flush(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for len(s.chunk) > 0 {
-		if err := s.addChunk(ctx, min(len(s.chunk), s.opts.ChunkSize)); err != nil {
+		if err := s.emit(ctx, min(len(s.chunk), s.opts.ChunkSize)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// addChunk adds the first n runs of the chunk, in the crash-safe order:
-// the rows were recorded as submitting when they were read; add the runs;
-// record their run ids. A crash between the last two steps is repaired by
-// reconcile. The caller holds s.mu; it is let go while the runs are added,
-// and the follower waits on addDone for a finished run it cannot find yet.
-func (s *submitter) addChunk(ctx context.Context, n int) (err error) {
-	inputs, rows := s.chunk[:n], s.chunkRows[:n]
+// emit hands the first n runs of the chunk to the adder; the rows are
+// recorded as submitting already.
+func (s *submitter) emit(ctx context.Context, n int) error {
+	job := addJob{inputs: s.chunk[:n:n], rows: s.chunkRows[:n:n]}
+	s.chunk = slices.Clone(s.chunk[n:])
+	s.chunkRows = slices.Clone(s.chunkRows[n:])
+	select {
+	case s.adds <- job:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// addAll adds the chunks it is handed, in order, until they end.
+func (s *submitter) addAll(ctx context.Context) error {
+	for {
+		select {
+		case job, ok := <-s.adds:
+			if !ok {
+				return nil
+			}
+			if err := s.addChunk(ctx, job); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// addChunk adds one chunk in the crash-safe order: the rows were recorded
+// as submitting when they were read; add the runs; record their run ids.
+// A crash between the last two steps is repaired by reconcile. While the
+// call is in flight the follower waits on addDone for a finished run it
+// cannot find yet.
+func (s *submitter) addChunk(ctx context.Context, job addJob) error {
+	n := len(job.inputs)
+	s.mu.Lock()
 	done := make(chan struct{})
 	s.addDone = done
+	s.mu.Unlock()
+	resp, err := s.add(ctx, job.inputs)
+
+	s.mu.Lock()
 	defer func() {
 		s.addDone = nil
 		close(done)
+		s.mu.Unlock()
 	}()
-	s.mu.Unlock()
-	resp, err := s.add(ctx, inputs)
-	s.mu.Lock()
 	if err != nil {
 		return fmt.Errorf("add %d runs to group %s: %w", n, s.groupID, err)
 	}
 	if len(resp.RunIDs) != n {
 		return fmt.Errorf("add %d runs to group %s: got %d run ids", n, s.groupID, len(resp.RunIDs))
 	}
-	if err := s.state.setSubmitted(ctx, rows, resp.RunIDs); err != nil {
+	if err := s.state.setSubmitted(ctx, job.rows, resp.RunIDs); err != nil {
 		return err
 	}
 	s.counts.submitted.Add(int64(n))
 	s.outstanding.Add(int64(n))
-	// Fresh slices: the group API may keep the inputs it was given.
-	s.chunk = slices.Clone(s.chunk[n:])
-	s.chunkRows = slices.Clone(s.chunkRows[n:])
 	s.notifyAdded()
 	return nil
 }

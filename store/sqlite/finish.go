@@ -242,7 +242,7 @@ func (tx *wtx) storeOutputs(pending []pendingFinish) error {
 		if !p.applied || (len(p.f.Output) == 0 && len(p.f.Usage) == 0) {
 			continue
 		}
-		args = append(args, p.change.ord, blob(p.f.Output), blob(p.f.Usage))
+		args = append(args, p.change.ord, packOutput(p.f.Output), blob(p.f.Usage))
 		if len(args) == 3*insertChunk {
 			if err := flush(); err != nil {
 				return err

@@ -340,7 +340,7 @@ func (s *Store) CachedOutput(ctx context.Context, processor, cacheKey string,
 	if err != nil {
 		return nil, false, fmt.Errorf("read cached output: %w", err)
 	}
-	return out, true, nil
+	return unpackOutput(out), true, nil
 }
 
 // GetRun returns a run with its spec, or store.ErrNotFound.

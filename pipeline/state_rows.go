@@ -134,6 +134,19 @@ func (s *stateStore) byRunIDs(ctx context.Context, ids []string) (map[string]row
 	return byRun, nil
 }
 
+// upsertRows is the head of an upsert of m rows, each bound by
+// appendRowArgs; the caller adds its ON CONFLICT clause.
+func upsertRows(m int) string {
+	return `INSERT INTO rows (key, key_values, fingerprint, spec_hash, group_id, run_id,
+		status, pass, updated_at) VALUES ` + tuples("(?, ?, ?, ?, ?, ?, ?, ?, ?)", m)
+}
+
+// appendRowArgs appends the bound values of one row of upsertRows.
+func appendRowArgs(args []any, r rowState, runID, status, at string) []any {
+	return append(args, r.Key, r.KeyValues, r.Fingerprint, r.SpecHash, r.GroupID,
+		runID, status, r.Pass, at)
+}
+
 // putRows stores row states (an upsert per key) in one transaction.
 func (s *stateStore) putRows(ctx context.Context, rows []rowState) error {
 	if len(rows) == 0 {
@@ -141,8 +154,7 @@ func (s *stateStore) putRows(ctx context.Context, rows []rowState) error {
 	}
 	at := now()
 	err := s.batched(ctx, len(rows), func(m int) string {
-		return `INSERT INTO rows (key, key_values, fingerprint, spec_hash, group_id, run_id,
-			status, pass, updated_at) VALUES ` + tuples("(?, ?, ?, ?, ?, ?, ?, ?, ?)", m) + `
+		return upsertRows(m) + `
 			ON CONFLICT (key) DO UPDATE SET key_values = excluded.key_values,
 			fingerprint = excluded.fingerprint, spec_hash = excluded.spec_hash,
 			group_id = excluded.group_id, run_id = excluded.run_id, status = excluded.status,
@@ -150,8 +162,7 @@ func (s *stateStore) putRows(ctx context.Context, rows []rowState) error {
 	}, func(st *sql.Stmt, lo, hi int) error {
 		args := make([]any, 0, 9*(hi-lo))
 		for _, r := range rows[lo:hi] {
-			args = append(args, r.Key, r.KeyValues, r.Fingerprint, r.SpecHash, r.GroupID,
-				r.RunID, r.Status, r.Pass, at)
+			args = appendRowArgs(args, r, r.RunID, r.Status, at)
 		}
 		_, err := st.ExecContext(ctx, args...)
 		return err
@@ -171,15 +182,13 @@ func (s *stateStore) setSubmitted(ctx context.Context, rows []rowState, runIDs [
 	}
 	at := now()
 	err := s.batched(ctx, len(rows), func(m int) string {
-		return `INSERT INTO rows (key, key_values, fingerprint, spec_hash, group_id, run_id,
-			status, pass, updated_at) VALUES ` + tuples("(?, ?, ?, ?, ?, ?, ?, ?, ?)", m) + `
+		return upsertRows(m) + `
 			ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, status = excluded.status,
 			updated_at = excluded.updated_at`
 	}, func(st *sql.Stmt, lo, hi int) error {
 		args := make([]any, 0, 9*(hi-lo))
 		for i, r := range rows[lo:hi] {
-			args = append(args, r.Key, r.KeyValues, r.Fingerprint, r.SpecHash, r.GroupID,
-				runIDs[lo+i], stateSubmitted, r.Pass, at)
+			args = appendRowArgs(args, r, runIDs[lo+i], stateSubmitted, at)
 		}
 		_, err := st.ExecContext(ctx, args...)
 		return err

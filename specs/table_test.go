@@ -109,24 +109,3 @@ func TestTable_OutputValues(t *testing.T) {
 		t.Errorf("auto output = %v, %v", v, err)
 	}
 }
-
-func TestBasisValue(t *testing.T) {
-	conf := "high"
-	title := "Annual report"
-	got := BasisValue([]api.FieldBasis{{Field: "revenue", Reasoning: "from the 10-K",
-		Confidence: &conf, Citations: []api.Citation{{URL: "https://example.com/10k",
-			Title: &title, Excerpts: []string{"revenue was"}}}},
-		{Field: "tier", Reasoning: "guess"}})
-	want := []any{
-		map[string]any{"field": "revenue", "reasoning": "from the 10-K", "confidence": "high",
-			"citations": []any{map[string]any{"url": "https://example.com/10k",
-				"title": "Annual report", "excerpts": []any{"revenue was"}}}},
-		map[string]any{"field": "tier", "reasoning": "guess", "confidence": nil, "citations": nil},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("BasisValue = %#v\nwant %#v", got, want)
-	}
-	if BasisValue(nil) != nil {
-		t.Error("nil basis is not NULL")
-	}
-}

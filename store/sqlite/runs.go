@@ -490,14 +490,7 @@ func scanClaimed(rows *sql.Rows, c store.Claim) ([]change, error) {
 				LeaseOwner: c.Node, LeaseUntil: until,
 			}})
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if err := rows.Close(); err != nil {
-		return nil, err
-	}
-	slices.SortFunc(changes, func(a, b change) int { return cmp.Compare(a.ord, b.ord) })
-	return changes, nil
+	return closeChanges(rows, changes)
 }
 
 // scanChanges reads the rows of an UPDATE ... RETURNING ord, prev_status,
@@ -520,6 +513,12 @@ func scanChanges(rows *sql.Rows, capHint int) ([]change, error) {
 		c.prev = api.RunStatus(prev)
 		changes = append(changes, c)
 	}
+	return closeChanges(rows, changes)
+}
+
+// closeChanges ends the read of rows and returns the changes read in ord
+// order, the order runs were added.
+func closeChanges(rows *sql.Rows, changes []change) ([]change, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 
 	"github.com/taskpipe/taskpipe/specs"
 )
@@ -19,8 +18,9 @@ import (
 // Parquet files cannot be updated in place, so rows are upserted into a
 // DuckDB state database beside the file (.<name>.taskpipe.duckdb, on disk,
 // so memory stays bounded whatever the row count) by a DuckDB sink, with
-// one DuckDB thread as a sink's own database has, and the file is written
-// on Close: first to a temporary file in the same folder, then renamed over
+// the thread count and memory cap (SinkMemoryLimit) of a sink's own
+// database, and the file is written on Close, in the order rows were
+// written: first to a temporary file in the same folder, then renamed over
 // the target, so a crash never leaves a half-written file and readers see
 // either the old file or the new one. Rows are visible in the file only
 // after Close. The state database is removed once the file is published;
@@ -58,7 +58,7 @@ func (p *Parquet) Open(ctx context.Context, t specs.Table) error {
 		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
 	}
 	p.db, p.table = db, t
-	if err := setSinkDatabase(ctx, db, false); err != nil {
+	if err := setSinkDatabase(ctx, db, true); err != nil {
 		db.Close()
 		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
 	}
@@ -162,8 +162,11 @@ func (p *Parquet) Close(ctx context.Context) error {
 	return nil
 }
 
-// publish writes the rows, ordered by key, to a temporary file and renames
-// it over the target.
+// publish writes the rows, in the order they were written, to a temporary
+// file and renames it over the target. The file is not sorted by key:
+// sorting the whole table needs it in memory (DuckDB cannot spill a sort of
+// the nested basis column within SinkMemoryLimit), while a plain copy
+// streams it, so memory stays bounded whatever the row count.
 func (p *Parquet) publish(ctx context.Context) error {
 	tmp, err := os.CreateTemp(filepath.Dir(p.path), "."+filepath.Base(p.path)+".*.tmp")
 	if err != nil {
@@ -173,18 +176,16 @@ func (p *Parquet) publish(ctx context.Context) error {
 	tmp.Close()
 	defer os.Remove(tmpPath) // a no-op once renamed
 
-	var order []string
-	for _, c := range p.table.Key {
-		order = append(order, specs.QuoteIdent(c.Name))
+	// Writing the file compresses the whole table: let DuckDB use every
+	// core for it, with the rows written so far checkpointed out of memory
+	// first.
+	for _, stmt := range []string{"CHECKPOINT", "RESET threads"} {
+		if _, err := p.db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("write parquet: %w", err)
+		}
 	}
-	// Writing the file sorts and compresses the whole table: let DuckDB
-	// use every core for it.
-	if _, err := p.db.ExecContext(ctx, "RESET threads"); err != nil {
-		return fmt.Errorf("write parquet: %w", err)
-	}
-	copySQL := "COPY (SELECT * FROM " + specs.QuoteIdent(parquetStateTable) + " ORDER BY " +
-		strings.Join(order, ", ") + ") TO " + specs.QuoteLiteral(tmpPath) +
-		" (FORMAT parquet, COMPRESSION zstd)"
+	copySQL := "COPY " + specs.QuoteIdent(parquetStateTable) + " TO " +
+		specs.QuoteLiteral(tmpPath) + " (FORMAT parquet, COMPRESSION zstd)"
 	if _, err := p.db.ExecContext(ctx, copySQL); err != nil {
 		return fmt.Errorf("write parquet: %w", err)
 	}

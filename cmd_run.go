@@ -123,7 +123,7 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		return fmt.Errorf("run: %w", err)
 	}
 	defer lock.Unlock()
-	sinkList, closeSinks, err := openSinks(ctx, spec)
+	sinkList, closeSinks, err := openSinks(ctx, spec, log)
 	if err != nil {
 		return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
 	}
@@ -218,8 +218,9 @@ func openSource(p *specs.Pipeline) (pipeline.Source, error) {
 	return nil, errors.New("source: must give parquet, csv or duckdb")
 }
 
-// openSinks opens the sinks the spec names, creating their folders.
-func openSinks(ctx context.Context, p *specs.Pipeline) ([]pipeline.Sink, func(), error) {
+// openSinks opens the sinks the spec names, creating their folders; log
+// hears of a sink waiting for another process to close its file.
+func openSinks(ctx context.Context, p *specs.Pipeline, log *slog.Logger) ([]pipeline.Sink, func(), error) {
 	var list []pipeline.Sink
 	var closers []func(context.Context) error
 	closeAll := func() {
@@ -236,6 +237,7 @@ func openSinks(ctx context.Context, p *specs.Pipeline) ([]pipeline.Sink, func(),
 		if err != nil {
 			return nil, closeAll, fmt.Errorf("sink.duckdb: %w", err)
 		}
+		s.SetLogger(log)
 		list, closers = append(list, s), append(closers, s.Close)
 	}
 	if pq := p.Sink.Parquet; pq != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/taskpipe/taskpipe/sinks"
 )
@@ -17,9 +18,10 @@ import (
 // sqlCmd is `taskpipe sql`: a query against a DuckDB database, for looking
 // at result tables where no DuckDB shell is installed.
 type sqlCmd struct {
-	Database string `arg:"" help:"DuckDB database file (opened read-only), or :memory: to query files such as a Parquet sink with read_parquet('out.parquet')."`
-	Query    string `arg:"" help:"SQL to run, e.g. \"SELECT * FROM company_research LIMIT 5\"."`
-	JSON     bool   `help:"Print one JSON object per row instead of a table."`
+	Database string        `arg:"" help:"DuckDB database file (opened read-only), or :memory: to query files such as a Parquet sink with read_parquet('out.parquet')."`
+	Query    string        `arg:"" help:"SQL to run, e.g. \"SELECT * FROM company_research LIMIT 5\"."`
+	JSON     bool          `help:"Print one JSON object per row instead of a table."`
+	Wait     time.Duration `help:"How long to wait for a database file another process holds for writing; a running pipeline lets go of its file at least every 5 s." default:"30s"`
 }
 
 // Run executes the query and prints its rows.
@@ -32,7 +34,14 @@ func (c *sqlCmd) Run(cli *CLI, log *slog.Logger) error {
 	} else if _, serr := os.Stat(c.Database); serr != nil {
 		return withExitCode(exitUsage, fmt.Errorf("sql: database %s: %w", c.Database, serr))
 	} else {
-		db, err = sinks.OpenDuckDBReadOnly(c.Database)
+		waitCtx, cancel := context.WithTimeout(ctx, c.Wait)
+		db, err = sinks.OpenWhenFree(waitCtx,
+			func() (*sql.DB, error) { return sinks.OpenDuckDBReadOnly(c.Database) },
+			func(waited time.Duration) {
+				log.Info("waiting for another process to let go of the database file",
+					"file", c.Database, "waited", waited.Round(time.Second))
+			})
+		cancel()
 	}
 	if err != nil {
 		return withExitCode(exitUsage, fmt.Errorf("sql: %w", err))

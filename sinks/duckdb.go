@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"strings"
@@ -74,20 +75,35 @@ type DuckDB struct {
 	opened      bool
 
 	// path, for a sink that owns its database file, lets it let go of the
-	// file after idle without a write and open it again at the next one:
-	// DuckDB allows one process to hold a file for writing, and releasing
-	// it lets other processes (taskpipe sql, dbt) query the rows written so
-	// far while a slow group runs.
-	path      string
-	idle      time.Duration
-	mu        sync.Mutex
-	idleTimer *time.Timer
-	released  bool
+	// file after idle without a write, or once it has held it for maxHold,
+	// and open it again at the next write, at least gap after: DuckDB
+	// allows one process to hold a file for writing, and releasing it lets
+	// other processes (taskpipe sql, dbt) query the rows written so far
+	// while the group runs. A reader still holding the file makes the next
+	// write wait for it.
+	path       string
+	idle       time.Duration
+	maxHold    time.Duration
+	gap        time.Duration
+	mu         sync.Mutex
+	idleTimer  *time.Timer
+	released   bool
+	heldSince  time.Time
+	releasedAt time.Time
+	log        *slog.Logger
 }
 
 // DefaultReleaseIdle is how long a sink that owns its DuckDB file holds it
 // without writing before it releases the file to other processes.
 const DefaultReleaseIdle = time.Second
+
+// DefaultMaxHold is the longest a sink that owns its DuckDB file holds it
+// while results keep coming; it then releases the file for
+// DefaultReleaseGap, so readers get in even when the sink is never idle.
+const DefaultMaxHold = 5 * time.Second
+
+// DefaultReleaseGap is the least time a released file stays released.
+const DefaultReleaseGap = 250 * time.Millisecond
 
 var _ Sink = (*DuckDB)(nil)
 
@@ -108,8 +124,26 @@ func NewDuckDBFile(path, name string) (*DuckDB, error) {
 	}
 	s := NewDuckDB(db, name)
 	s.ownDB = true
-	s.path, s.idle = path, DefaultReleaseIdle
+	s.path, s.heldSince = path, time.Now()
+	s.SetRelease(DefaultReleaseIdle, DefaultMaxHold, DefaultReleaseGap)
 	return s, nil
+}
+
+// SetRelease sets when a sink that owns its file releases it: after idle
+// without a write, or after a write once it held the file for maxHold
+// (zero: never), for at least gap.
+func (s *DuckDB) SetRelease(idle, maxHold, gap time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.idle, s.maxHold, s.gap = idle, maxHold, gap
+}
+
+// SetLogger sets where a sink that owns its file reports waiting for
+// another process to close it.
+func (s *DuckDB) SetLogger(log *slog.Logger) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log = log
 }
 
 // OpenDuckDB opens a DuckDB database file (an in-memory database when path
@@ -400,25 +434,44 @@ func (s *DuckDB) Write(ctx context.Context, rows []Row) error {
 		}
 	}
 	err := s.write(ctx, rows)
-	if s.path != "" && s.idle > 0 {
-		if s.idleTimer == nil {
-			s.idleTimer = time.AfterFunc(s.idle, s.release)
-		} else {
-			s.idleTimer.Reset(s.idle)
+	switch {
+	case s.path == "" || s.idle <= 0:
+	case s.maxHold > 0 && time.Since(s.heldSince) >= s.maxHold:
+		if s.idleTimer != nil {
+			s.idleTimer.Stop()
 		}
+		s.releaseLocked()
+	case s.idleTimer == nil:
+		s.idleTimer = time.AfterFunc(s.idle, s.release)
+	default:
+		s.idleTimer.Reset(s.idle)
 	}
 	return err
 }
 
-// reopen takes the released database file again for the next write; what
+// reopen takes the released database file again for the next write, once
+// it has been released for the gap and no other process holds it; what
 // the sink knows of the keys it wrote survives.
 func (s *DuckDB) reopen(ctx context.Context) error {
-	db, err := OpenDuckDB(s.path)
+	if wait := s.gap - time.Since(s.releasedAt); wait > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	db, err := OpenWhenFree(ctx, func() (*sql.DB, error) { return OpenDuckDB(s.path) },
+		func(waited time.Duration) {
+			if s.log != nil {
+				s.log.Warn("sink waits for another process to close its database file",
+					"file", s.path, "waited", waited.Round(time.Second))
+			}
+		})
 	if err != nil {
 		return fmt.Errorf("reopen sink table %s: %w", s.name, err)
 	}
 	written, seed := s.written, s.seed
-	s.db, s.released = db, false
+	s.db, s.released, s.heldSince = db, false, time.Now()
 	if err := s.Open(ctx, s.table); err != nil {
 		return err
 	}
@@ -432,11 +485,16 @@ func (s *DuckDB) reopen(ctx context.Context) error {
 func (s *DuckDB) release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.releaseLocked()
+}
+
+// releaseLocked lets go of the database file; s.mu is held.
+func (s *DuckDB) releaseLocked() {
 	if s.released || s.conn == nil {
 		return
 	}
 	if err := s.closeDB(context.Background()); err == nil {
-		s.released = true
+		s.released, s.releasedAt = true, time.Now()
 	}
 }
 

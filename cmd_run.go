@@ -411,7 +411,8 @@ func exitCodeOf(err error) int {
 	var netErr net.Error
 	var urlErr *url.Error
 	switch {
-	case errors.Is(err, pipeline.ErrPlan), errors.Is(err, api.ErrPaymentRequired):
+	case errors.Is(err, pipeline.ErrPlan), errors.Is(err, api.ErrPaymentRequired),
+		errors.Is(err, sinks.ErrColumnsDiffer):
 		return exitUsage
 	case errors.Is(err, pipeline.ErrUnreachable), errors.Is(err, api.ErrUnavailable),
 		errors.Is(err, api.ErrUnauthorized), errors.Is(err, syscall.ECONNREFUSED),

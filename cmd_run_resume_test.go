@@ -294,6 +294,31 @@ func TestRun_ExitCodes(t *testing.T) {
 			t.Errorf("exit code %d, want %d", code, exitUsage)
 		}
 	})
+	t.Run("a sink with other columns is a usage error and keeps its rows", func(t *testing.T) {
+		f := newResumeFixture(t, 5, "", 0)
+		spec, _ := os.ReadFile(f.spec)
+		parquetSink := bytes.Replace(spec, []byte("duckdb: {database: out/results.duckdb, table: results}"),
+			[]byte("parquet: {path: out/results.parquet}"), 1)
+		write(t, f.spec, string(parquetSink))
+		if code := exitCode(f.command(bin, "run", f.spec)); code != 0 {
+			t.Fatalf("first run: exit code %d", code)
+		}
+		write(t, f.spec, string(bytes.Replace(parquetSink, []byte("headcount: {type: integer}"),
+			[]byte("headcount: {type: string}"), 1)))
+		for attempt := 1; attempt <= 2; attempt++ {
+			if code := exitCode(f.command(bin, "run", f.spec)); code != exitUsage {
+				t.Errorf("changed output schema, attempt %d: exit code %d, want %d", attempt, code, exitUsage)
+			}
+		}
+		out, err := f.command(bin, "sql", ":memory:",
+			"SELECT count(*) AS n FROM read_parquet('"+filepath.Join(f.dir, "out", "results.parquet")+"')").Output()
+		if err != nil {
+			t.Fatalf("sql: %v", err)
+		}
+		if !bytes.Contains(out, []byte("\n5\n")) {
+			t.Errorf("published file after the refused runs:\n%s\nwant 5 rows", out)
+		}
+	})
 	t.Run("failed rows beyond --max-failed", func(t *testing.T) {
 		f := newResumeFixture(t, 200, "", 0.2)
 		if code := exitCode(f.command(bin, "run", f.spec)); code != exitFailedRows {

@@ -360,7 +360,10 @@ func (s *DuckDB) checkColumns(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("check sink table %s: %w", s.name, err)
 	}
-	return compareColumns(s.name, have, want)
+	if err := compareColumns(have, want); err != nil {
+		return fmt.Errorf("sink table %s (drop it or name another table): %w", s.name, err)
+	}
+	return nil
 }
 
 // describedColumn is a column as DuckDB describes it.
@@ -392,7 +395,7 @@ func (s *DuckDB) describe(ctx context.Context, dbExpr, schemaExpr, table, schema
 
 // compareColumns names every difference between an existing table's
 // columns and the wanted ones.
-func compareColumns(table string, have, want []describedColumn) error {
+func compareColumns(have, want []describedColumn) error {
 	var problems []error
 	haveByName := map[string]describedColumn{}
 	for _, c := range have {
@@ -420,9 +423,12 @@ func compareColumns(table string, have, want []describedColumn) error {
 	if len(problems) == 0 {
 		return nil
 	}
-	return fmt.Errorf("sink table %s exists with other columns (drop it or name another "+
-		"table): %w", table, errors.Join(problems...))
+	return fmt.Errorf("%w: %w", ErrColumnsDiffer, errors.Join(problems...))
 }
+
+// ErrColumnsDiffer is returned by Open when the sink's table or file exists
+// with columns other than the task spec's output needs.
+var ErrColumnsDiffer = errors.New("exists with other columns")
 
 // Write upserts a batch in one transaction.
 func (s *DuckDB) Write(ctx context.Context, rows []Row) error {
@@ -773,8 +779,11 @@ func (s *DuckDB) Close(ctx context.Context) error {
 func (s *DuckDB) closeDB(ctx context.Context) error {
 	var errs []error
 	if s.conn != nil {
-		_, err := s.conn.ExecContext(ctx, "DROP TABLE IF EXISTS temp.main."+specs.QuoteIdent(s.stage))
-		errs = append(errs, err, s.conn.Close())
+		if s.stage != "" {
+			_, err := s.conn.ExecContext(ctx, "DROP TABLE IF EXISTS temp.main."+specs.QuoteIdent(s.stage))
+			errs = append(errs, err)
+		}
+		errs = append(errs, s.conn.Close())
 		s.conn = nil
 	}
 	if s.ownDB {

@@ -49,22 +49,37 @@ func NewParquet(path string) *Parquet {
 }
 
 // Open opens the state database, loading the published file when starting
-// afresh.
+// afresh. When it fails, nothing is published on Close, and a state
+// database it created is removed again.
 func (p *Parquet) Open(ctx context.Context, t specs.Table) error {
 	_, statErr := os.Stat(p.state)
 	resuming := statErr == nil
+	if err := p.open(ctx, t, resuming); err != nil {
+		p.abandon(resuming)
+		if resuming && errors.Is(err, ErrColumnsDiffer) {
+			return fmt.Errorf("open parquet sink %s: the rows an interrupted run kept in %s "+
+				"have other columns (remove that file to start over, or name another path): %w",
+				p.path, p.state, err)
+		}
+		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+	}
+	return nil
+}
+
+// open opens the state database and its table, and loads the published
+// file unless resuming.
+func (p *Parquet) open(ctx context.Context, t specs.Table, resuming bool) error {
 	db, err := OpenDuckDB(p.state)
 	if err != nil {
-		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+		return err
 	}
 	p.db, p.table = db, t
 	if err := setSinkDatabase(ctx, db, true); err != nil {
-		db.Close()
-		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+		return err
 	}
 	p.inner = NewDuckDB(db, parquetStateTable)
 	if err := p.inner.Open(ctx, t); err != nil {
-		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+		return err
 	}
 	if resuming {
 		return nil
@@ -74,10 +89,27 @@ func (p *Parquet) Open(ctx context.Context, t specs.Table) error {
 	}
 	p.inner.assumeRowsExist()
 	if err := p.loadPublished(ctx); err != nil {
-		return fmt.Errorf("open parquet sink %s: %w", p.path, err)
+		return err
 	}
 	p.loaded = true
 	return nil
+}
+
+// abandon closes what a failed Open opened, so that Close publishes
+// nothing, and removes the state database unless it held an interrupted
+// run's rows.
+func (p *Parquet) abandon(resuming bool) {
+	if p.inner != nil {
+		_ = p.inner.Close(context.Background())
+		p.inner = nil
+	}
+	if p.db != nil {
+		_ = p.db.Close()
+		p.db = nil
+	}
+	if !resuming {
+		_ = p.removeState()
+	}
 }
 
 // OpenedEmpty reports whether the sink started with no rows: no published
@@ -114,8 +146,8 @@ func (p *Parquet) loadPublished(ctx context.Context) error {
 	for i := range want {
 		want[i].typ = parquetComparable(want[i].typ)
 	}
-	if err := compareColumns(p.path, have, want); err != nil {
-		return fmt.Errorf("check existing file: %w", err)
+	if err := compareColumns(have, want); err != nil {
+		return fmt.Errorf("the published file (remove it or name another path): %w", err)
 	}
 	_, err = p.db.ExecContext(ctx, "INSERT INTO "+specs.QuoteIdent(parquetStateTable)+
 		" SELECT * FROM "+src)
@@ -154,9 +186,17 @@ func (p *Parquet) Close(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("close parquet sink %s: %w", p.path, err)
 	}
+	if err := p.removeState(); err != nil {
+		return fmt.Errorf("close parquet sink %s: %w", p.path, err)
+	}
+	return nil
+}
+
+// removeState removes the state database and its write-ahead log.
+func (p *Parquet) removeState() error {
 	for _, f := range []string{p.state, p.state + ".wal"} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("close parquet sink %s: %w", p.path, err)
+			return err
 		}
 	}
 	return nil

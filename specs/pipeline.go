@@ -55,6 +55,10 @@ type Pipeline struct {
 	TaskSpec api.TaskSpec `yaml:"-"`
 	// SpecWarnings are the warnings ValidateTaskSpec gave for TaskSpec.
 	SpecWarnings []api.Warning `yaml:"-"`
+
+	// fileName is the base name of the pipeline file, which gives the
+	// default name; empty when the spec was not read from a file.
+	fileName string
 }
 
 // Source names where input rows come from: exactly one of its fields.
@@ -223,17 +227,19 @@ func LoadPipelineWith(path string, o Overrides) (*Pipeline, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read pipeline spec: %w", err)
 	}
-	return parsePipeline(data, dir, o)
+	return parsePipeline(data, dir, filepath.Base(path), o)
 }
 
 // ParsePipeline decodes a pipeline spec strictly (unknown fields are
 // errors), applies defaults, resolves its task spec (spec files are read
 // relative to dir) and validates it. The error lists every problem found.
 func ParsePipeline(data []byte, dir string) (*Pipeline, error) {
-	return parsePipeline(data, dir, Overrides{})
+	return parsePipeline(data, dir, "", Overrides{})
 }
 
-func parsePipeline(data []byte, dir string, o Overrides) (*Pipeline, error) {
+// parsePipeline is ParsePipeline with overrides; fileName, the pipeline
+// file's base name, gives the default name (empty: name is required).
+func parsePipeline(data []byte, dir, fileName string, o Overrides) (*Pipeline, error) {
 	var p Pipeline
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -247,7 +253,7 @@ func parsePipeline(data []byte, dir string, o Overrides) (*Pipeline, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("decode pipeline spec: more than one YAML document")
 	}
-	p.Dir = dir
+	p.Dir, p.fileName = dir, fileName
 	if o.Engine != "" {
 		p.Target.Engine = o.Engine
 	}
@@ -266,6 +272,9 @@ func parsePipeline(data []byte, dir string, o Overrides) (*Pipeline, error) {
 
 // applyDefaults fills the optional fields.
 func (p *Pipeline) applyDefaults() {
+	if p.Name == "" && p.fileName != "" {
+		p.Name = strings.TrimSuffix(p.fileName, filepath.Ext(p.fileName))
+	}
 	if p.Target.Engine == "" {
 		p.Target.Engine = EngineEmbedded
 	}

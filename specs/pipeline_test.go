@@ -210,3 +210,43 @@ sink: {parquet: {path: out.parquet}}
 		t.Errorf("missing spec file: %v", err)
 	}
 }
+
+func TestLoadPipeline_DefaultName(t *testing.T) {
+	noName := strings.Replace(goodPipeline, "name: sp500-enrich\n", "", 1)
+	cases := []struct {
+		file, spec, want, wantErr string
+	}{
+		{file: "p1m.yaml", spec: noName, want: "p1m"},
+		{file: "nightly.enrich.yml", spec: noName, want: "nightly.enrich"},
+		{file: "pipeline", spec: noName, want: "pipeline"},
+		{file: "p1m.yaml", spec: strings.Replace(noName, "version: 1\n", "version: 1\nname: \"\"\n", 1),
+			want: "p1m"},
+		{file: "p1m.yaml", spec: goodPipeline, want: "sp500-enrich"},
+		{file: ".yaml", spec: noName,
+			wantErr: `name: must be given: the file name ".yaml" gives no name`},
+		{file: " .yaml", spec: noName,
+			wantErr: `name: must be given: the file name " .yaml" gives no name`},
+		{file: "p1m.yaml", spec: strings.Replace(goodPipeline, "sp500-enrich", `"  "`, 1),
+			wantErr: "name: must not be empty"},
+	}
+	for _, tc := range cases {
+		path := filepath.Join(t.TempDir(), tc.file)
+		if err := os.WriteFile(path, []byte(tc.spec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := LoadPipeline(path)
+		if tc.wantErr != "" {
+			if err == nil || err.Error() != tc.wantErr {
+				t.Errorf("%q: err = %v, want %s", tc.file, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.file, err)
+			continue
+		}
+		if p.Name != tc.want {
+			t.Errorf("%q: name = %q, want %q", tc.file, p.Name, tc.want)
+		}
+	}
+}

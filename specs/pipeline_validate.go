@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"unicode/utf8"
 
@@ -30,9 +31,7 @@ func (p *Pipeline) Validate() error {
 	if p.Version != PipelineVersion {
 		ps.add("version", "must be %d, not %d", PipelineVersion, p.Version)
 	}
-	if strings.TrimSpace(p.Name) == "" {
-		ps.add("name", "must not be empty")
-	}
+	p.validateName(&ps)
 	p.validateSource(&ps)
 	p.validateKey(&ps)
 	p.validateTask(&ps)
@@ -40,6 +39,18 @@ func (p *Pipeline) Validate() error {
 	p.validateTarget(&ps)
 	p.validateSink(&ps)
 	return errors.Join(ps...)
+}
+
+// validateName checks the pipeline's name, given or taken from the file.
+func (p *Pipeline) validateName(ps *problems) {
+	if strings.TrimSpace(p.Name) != "" {
+		return
+	}
+	if p.fileName != "" && p.Name == strings.TrimSuffix(p.fileName, filepath.Ext(p.fileName)) {
+		ps.add("name", "must be given: the file name %q gives no name", p.fileName)
+		return
+	}
+	ps.add("name", "must not be empty")
 }
 
 // validateSource checks that exactly one source is given and complete.

@@ -250,3 +250,25 @@ func TestLoadPipeline_DefaultName(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePipeline_SchemaThatDoesNotCompile(t *testing.T) {
+	cases := []struct {
+		name, from, to, want string
+	}{
+		{"output $ref to nowhere", "segments: {type: array, items: {type: string}}",
+			`segments: {type: array, items: {"$ref": "#/$defs/nope"}}`,
+			"task.output_schema: compile json schema: "},
+		{"input $ref to nowhere", "country: {type: string}", `country: {"$ref": "#/$defs/nope"}`,
+			"task.input_schema: compile json schema: "},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := strings.Replace(goodPipeline, tc.from, tc.to, 1)
+			_, err := ParsePipeline([]byte(spec), "/")
+			if err == nil || !strings.HasPrefix(err.Error(), tc.want) ||
+				!strings.Contains(err.Error(), "#/$defs/nope") || strings.Contains(err.Error(), "\n") {
+				t.Errorf("err = %v, want one problem starting %q naming #/$defs/nope", err, tc.want)
+			}
+		})
+	}
+}

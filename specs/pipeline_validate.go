@@ -181,6 +181,9 @@ func (p *Pipeline) validateTask(ps *problems) {
 	}
 	p.TaskSpec, p.SpecWarnings = spec, warnings
 	if err == nil {
+		compileTaskSpec(spec, ps)
+	}
+	if err == nil {
 		// Key problems are validateKey's to report; only output names here.
 		key := make([]Column, 0, len(p.Key))
 		seen := map[string]bool{}
@@ -197,6 +200,22 @@ func (p *Pipeline) validateTask(ps *problems) {
 					ps.add("task.output_schema", "%v", e)
 				}
 			}
+		}
+	}
+}
+
+// compileTaskSpec compiles the json schemas of a task spec as the engine
+// will, so that a schema the validator cannot use (a $ref to nowhere) is a
+// spec error, not a failure after the task group is created.
+func compileTaskSpec(spec api.TaskSpec, ps *problems) {
+	if in := spec.InputSchema; in != nil && in.Type == api.SchemaJSON {
+		if _, err := CompileSchema(in.JSONSchema); err != nil {
+			ps.add("task.input_schema", "%v", err)
+		}
+	}
+	if out := spec.OutputSchema; out.Type == api.SchemaJSON {
+		if _, err := CompileSchema(out.JSONSchema); err != nil {
+			ps.add("task.output_schema", "%v", err)
 		}
 	}
 }

@@ -456,16 +456,6 @@ func (f *follower) write(ctx context.Context, evs []*api.TaskRunEvent) error {
 		}
 		job.rows = append(job.rows, row)
 		job.settle[id] = status
-		switch status {
-		case string(api.StatusCompleted):
-			job.completed++
-		case string(api.StatusCancelled):
-			job.cancelled++
-		case StatusInvalidOutput:
-			job.bad++
-		default:
-			job.failed++
-		}
 	}
 	return f.w.send(ctx, job)
 }
@@ -529,12 +519,11 @@ func (f *follower) settleLost(ctx context.Context) error {
 	if err := f.writeSinks(ctx, rows); err != nil {
 		return err
 	}
-	n, err := f.state.settle(ctx, settle, f.pass)
+	inPass, err := f.state.settle(ctx, settle, f.pass)
 	if err != nil {
 		return err
 	}
-	f.outstanding.Add(-n)
-	f.counts.failed.Add(int64(len(rows)))
+	f.countSettled(inPass)
 	return nil
 }
 

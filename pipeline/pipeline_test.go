@@ -351,19 +351,44 @@ func TestRun_LimitAndNoWait(t *testing.T) {
 	if sum.Rows != 20 || sum.Submitted != 20 || sum.Waited || sum.GroupID == "" {
 		t.Fatalf("no-wait summary = %+v", sum)
 	}
-	// The next run re-attaches to the 20 runs and adds the other 30.
-	sum, err = h.run(ctx, nil)
+	// The next run re-attaches to the 20 runs and adds the other 30. Its
+	// source is slow to start, so the results of the first 20 runs are
+	// written before the pass reads their rows: they count as skipped,
+	// never as completed by this pass.
+	var last pipeline.Progress
+	minRunning := int64(0)
+	h.progress = func(p pipeline.Progress) {
+		last, minRunning = p, min(minRunning, p.Running())
+	}
+	sum, err = h.run(ctx, func(o *pipeline.Options) { o.Source = slowStart{o.Source} })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if sum.Reattached+sum.Skipped != 20 || sum.Submitted != 30 || sum.Statuses["completed"] != 50 {
 		t.Errorf("follow-up summary = %+v", sum)
 	}
+	if !last.Done || last.Running() != 0 || minRunning < 0 ||
+		last.Completed != sum.Submitted+sum.Reattached {
+		t.Errorf("follow-up progress = %+v (running %d, lowest running %d), want every run of "+
+			"the pass completed and none counted twice", last, last.Running(), minRunning)
+	}
 	var n int64
 	h.query(`SELECT count(DISTINCT run_id) FROM results WHERE status = 'completed'`, &n)
 	if n != 50 {
 		t.Errorf("%d completed runs in the table, want 50", n)
 	}
+}
+
+// slowStart is a source that starts reading after a second.
+type slowStart struct{ pipeline.Source }
+
+func (s slowStart) Read(ctx context.Context, batchSize int, fn func(pipeline.Batch) error) error {
+	select {
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Source.Read(ctx, batchSize, fn)
 }
 
 // crashAfterAdd passes add-runs calls through but fails the nth one after it

@@ -358,3 +358,22 @@ func truncate(s string, n int) string {
 	}
 	return s[:n]
 }
+
+// countSettled counts rows of this pass that reached a final status: they
+// are no longer outstanding. Rows of an earlier pass settled on resume are
+// not counted here; the pass counts them as skipped when it reads them.
+func (r *runner) countSettled(inPass settled) {
+	r.outstanding.Add(-inPass.total())
+	for status, n := range inPass {
+		switch status {
+		case string(api.StatusCompleted):
+			r.counts.completed.Add(n)
+		case string(api.StatusCancelled):
+			r.counts.cancelled.Add(n)
+		case StatusInvalidOutput:
+			r.counts.badOutputs.Add(n)
+		default:
+			r.counts.failed.Add(n)
+		}
+	}
+}

@@ -199,13 +199,26 @@ func (s *stateStore) setSubmitted(ctx context.Context, rows []rowState, runIDs [
 	return nil
 }
 
+// settled counts the rows of one pass settled by a call, by status.
+type settled map[string]int64
+
+// total is the number of rows settled.
+func (c settled) total() int64 {
+	var n int64
+	for _, v := range c {
+		n += v
+	}
+	return n
+}
+
 // settle records the final status of rows whose results the sinks hold,
 // but only while the row is still served by that run (a newer run of the
-// same key is never overwritten by an older one). It returns how many of
-// the settled rows were read by pass.
-func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass int64) (int64, error) {
+// same key is never overwritten by an older one). It counts, by status,
+// the settled rows read by pass.
+func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass int64) (settled, error) {
+	inPass := settled{}
 	if len(runs) == 0 {
-		return 0, nil
+		return inPass, nil
 	}
 	// One IN list per status, found through the run_id index (the unary
 	// plus keeps SQLite from preferring the status index, which holds
@@ -215,7 +228,6 @@ func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass in
 		byStatus[status] = append(byStatus[status], runID)
 	}
 	at := now()
-	var inPass int64
 	var err error
 	for status, ids := range byStatus {
 		err = s.batched(ctx, len(ids), func(m int) string {
@@ -238,7 +250,7 @@ func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass in
 					return err
 				}
 				if p == pass {
-					inPass++
+					inPass[status]++
 				}
 			}
 			return rs.Err()
@@ -248,7 +260,7 @@ func (s *stateStore) settle(ctx context.Context, runs map[string]string, pass in
 		}
 	}
 	if err != nil {
-		return 0, fmt.Errorf("settle rows: %w", err)
+		return nil, fmt.Errorf("settle rows: %w", err)
 	}
 	return inPass, nil
 }

@@ -30,9 +30,8 @@ type writer struct {
 // writeJob is one write: finished runs' rows and the statuses to settle
 // them with, a cursor update, or (with synced set) a barrier.
 type writeJob struct {
-	rows                              []sinks.Row
-	settle                            map[string]string
-	completed, failed, cancelled, bad int64
+	rows   []sinks.Row
+	settle map[string]string
 
 	cursors                bool
 	runCursor, eventCursor string
@@ -168,16 +167,12 @@ func (w *writer) applyState(ctx context.Context, job writeJob) error {
 		return w.state.setCursors(ctx, w.opts.Target, job.runCursor, job.eventCursor)
 	}
 	w.mu.Lock()
-	n, err := w.state.settle(ctx, job.settle, w.pass)
+	inPass, err := w.state.settle(ctx, job.settle, w.pass)
 	w.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	w.outstanding.Add(-n)
-	w.counts.completed.Add(job.completed)
-	w.counts.failed.Add(job.failed)
-	w.counts.cancelled.Add(job.cancelled)
-	w.counts.badOutputs.Add(job.bad)
+	w.countSettled(inPass)
 	return nil
 }
 

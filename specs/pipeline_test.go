@@ -272,3 +272,53 @@ func TestParsePipeline_SchemaThatDoesNotCompile(t *testing.T) {
 		})
 	}
 }
+
+func TestParsePipeline_SchemaChecks(t *testing.T) {
+	const out = "task: output_schema.json_schema.properties."
+	cases := []struct {
+		name, from, to string
+		wantErr        string
+		wantWarning    string
+	}{
+		{name: "enum values of another type", from: "employees: {type: integer, description: headcount}",
+			to: "employees: {type: integer, enum: [a, b]}",
+			wantErr: out + `employees.enum.0: "a" is not of the declared type integer` + "\n" +
+				out + `employees.enum.1: "b" is not of the declared type integer`},
+		{name: "required name of a closed object", from: "required: [employees, segments]",
+			to: "required: [employees, segments, zzz]",
+			wantErr: `task: output_schema.json_schema.required.2: "zzz" is not a property, and ` +
+				"additionalProperties: false forbids any other; no value can match"},
+		{name: "required name of an open object",
+			from:        "additionalProperties: false\n      required: [employees, segments]",
+			to:          "required: [employees, segments, zzz]",
+			wantWarning: `output_schema.json_schema.required.2: "zzz" is not a property`},
+		{name: "typo of a keyword", from: "description: headcount", to: "descripton: headcount",
+			wantWarning: `output_schema.json_schema.properties.employees.descripton: unknown ` +
+				`keyword "descripton", ignored (did you mean description?)`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := strings.Replace(goodPipeline, tc.from, tc.to, 1)
+			if spec == goodPipeline {
+				t.Fatalf("%q is not in the spec", tc.from)
+			}
+			p, err := ParsePipeline([]byte(spec), "/")
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Errorf("err = %v\nwant %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParsePipeline: %v", err)
+			}
+			found := false
+			for _, w := range p.SpecWarnings {
+				found = found || w.Message == tc.wantWarning
+			}
+			if !found {
+				t.Errorf("warnings = %q, want one %q", warningMessages(p.SpecWarnings), tc.wantWarning)
+			}
+		})
+	}
+}

@@ -175,7 +175,7 @@ func (p *Pipeline) validateTask(ps *problems) {
 
 	// The task spec obeys the Task API's rules, and its output columns
 	// must not collide with the fixed columns.
-	warnings, err := ValidateTaskSpec(spec)
+	warnings, err := validateTaskSpec(spec, true)
 	for _, e := range unjoin(err) {
 		ps.add("task", "%v", e)
 	}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"sort"
 	"strings"
 
@@ -52,6 +53,24 @@ var unsupportedKeywords = map[string]bool{
 	"unevaluatedProperties": true,
 }
 
+// knownKeywords are the other JSON Schema keywords (draft 2020-12, and the
+// older drafts' definitions, dependencies and additionalItems). A keyword
+// in none of the lists is most likely a typo (descripton): it is ignored by
+// the validator, so it is reported as a warning.
+var knownKeywords = map[string]bool{
+	"type": true, "description": true, "title": true, "enum": true, "const": true,
+	"properties": true, "required": true, "additionalProperties": true, "items": true,
+	"anyOf": true, "oneOf": true, "allOf": true, "prefixItems": true, "not": true,
+	"$defs": true, "definitions": true, "$ref": true, "$schema": true, "$id": true,
+	"$anchor": true, "$comment": true, "$dynamicRef": true, "$dynamicAnchor": true,
+	"$vocabulary": true, "$recursiveRef": true, "$recursiveAnchor": true,
+	"default": true, "examples": true, "readOnly": true, "writeOnly": true,
+	"deprecated": true, "if": true, "then": true, "else": true,
+	"dependentRequired": true, "dependentSchemas": true, "dependencies": true,
+	"additionalItems": true, "contentEncoding": true, "contentMediaType": true,
+	"contentSchema": true, "exclusiveMinimum": true, "exclusiveMaximum": true,
+}
+
 // basisFieldNames are output field names that repeat what the basis of every
 // run already holds; the API warns about them.
 var basisFieldNames = map[string]bool{
@@ -71,7 +90,16 @@ var jsonTypes = map[string]bool{
 // api.ErrInvalid; problems it only warns about come back as warnings of type
 // spec_validation_warning.
 func ValidateTaskSpec(spec api.TaskSpec) (warnings []api.Warning, err error) {
-	c := &specChecker{}
+	return validateTaskSpec(spec, false)
+}
+
+// validateTaskSpec is ValidateTaskSpec; strict makes the schema parts no
+// value can match (an enum value of another type than the declared one, a
+// required property that additionalProperties: false forbids) problems
+// instead of warnings. The Task API accepts such specs, so the engine
+// only warns; a pipeline refuses them before it submits a row.
+func validateTaskSpec(spec api.TaskSpec, strict bool) (warnings []api.Warning, err error) {
+	c := &specChecker{strict: strict}
 
 	// The whole spec has a size limit of its own.
 	// A spec that cannot be encoded holds invalid JSON, reported below.
@@ -97,6 +125,8 @@ func ValidateTaskSpec(spec api.TaskSpec) (warnings []api.Warning, err error) {
 type specChecker struct {
 	problems []error
 	warnings []api.Warning
+	// strict makes unmatchable schema parts problems; see validateTaskSpec.
+	strict bool
 }
 
 // fail records a problem at path.
@@ -113,6 +143,16 @@ func (c *specChecker) warn(path, format string, args ...any) {
 		Message: path + ": " + fmt.Sprintf(format, args...),
 		Detail:  map[string]any{"path": path},
 	})
+}
+
+// unmatchable records a part of a schema that no value can match: a
+// problem when the checker is strict, else a warning.
+func (c *specChecker) unmatchable(path, format string, args ...any) {
+	if c.strict {
+		c.fail(path, format, args...)
+		return
+	}
+	c.warn(path, format, args...)
 }
 
 // checkSchema checks one of the two schemas of a spec.
@@ -221,6 +261,10 @@ func (w *schemaWalker) walk(path string, node any, objects int, inUnion bool) {
 			w.c.fail(kpath, "unsupported keyword")
 			continue
 		}
+		if !knownKeywords[key] && !strings.HasPrefix(key, "x-") {
+			w.c.warn(kpath, "unknown keyword %q, ignored%s", key, didYouMean(key))
+			continue
+		}
 		switch key {
 		case "type":
 			w.checkType(kpath, v, inUnion)
@@ -232,14 +276,20 @@ func (w *schemaWalker) walk(path string, node any, objects int, inUnion bool) {
 			w.stringChars += len(s)
 		case "enum":
 			w.checkEnum(kpath, v)
+			if values, ok := v.([]any); ok {
+				for i, e := range values {
+					w.checkValueType(fmt.Sprintf("%s.%d", kpath, i), e, m["type"])
+				}
+			}
 		case "const":
 			if s, ok := v.(string); ok {
 				w.stringChars += len(s)
 			}
+			w.checkValueType(kpath, v, m["type"])
 		case "properties":
 			w.walkProperties(kpath, v, objects)
 		case "required":
-			w.checkRequired(kpath, v)
+			w.checkRequired(kpath, v, m)
 		case "additionalProperties":
 			if sub, ok := v.(map[string]any); ok {
 				w.walk(kpath, sub, objects, false)
@@ -354,18 +404,127 @@ func (w *schemaWalker) walkProperties(path string, v any, objects int) {
 	}
 }
 
-// checkRequired checks that required is a list of strings.
-func (w *schemaWalker) checkRequired(path string, v any) {
+// checkRequired checks that required is a list of strings naming
+// properties of node, the schema it belongs to. A name properties does not
+// define is unmatchable when additionalProperties is false, and likely a
+// typo otherwise.
+func (w *schemaWalker) checkRequired(path string, v any, node map[string]any) {
 	list, ok := v.([]any)
 	if !ok {
 		w.c.fail(path, "must be an array of property names")
 		return
 	}
+	props, _ := node["properties"].(map[string]any)
+	closed := node["additionalProperties"] == false
 	for i, e := range list {
-		if _, ok := e.(string); !ok {
-			w.c.fail(fmt.Sprintf("%s.%d", path, i), "must be a string")
+		epath := fmt.Sprintf("%s.%d", path, i)
+		name, ok := e.(string)
+		switch _, defined := props[name]; {
+		case !ok:
+			w.c.fail(epath, "must be a string")
+		case defined:
+		case closed:
+			w.c.unmatchable(epath, "%q is not a property, and additionalProperties: false "+
+				"forbids any other; no value can match", name)
+		default:
+			w.c.warn(epath, "%q is not a property", name)
 		}
 	}
+}
+
+// checkValueType checks that an enum or const value has one of the types
+// the schema declares (typ, the value of its type keyword, if any): a value
+// of another type can never be produced or accepted.
+func (w *schemaWalker) checkValueType(path string, value, typ any) {
+	var types []string
+	switch t := typ.(type) {
+	case string:
+		types = []string{t}
+	case []any:
+		for _, e := range t {
+			if s, ok := e.(string); ok {
+				types = append(types, s)
+			}
+		}
+	}
+	if len(types) == 0 {
+		return
+	}
+	for _, t := range types {
+		if valueHasType(value, t) {
+			return
+		}
+	}
+	b, _ := json.Marshal(value)
+	w.c.unmatchable(path, "%s is not of the declared type %s", b, strings.Join(types, " or "))
+}
+
+// valueHasType reports whether a decoded JSON value (numbers as
+// json.Number) is of JSON Schema type t. As in JSON Schema, an integer is
+// any number without a fraction: 2.0 is one.
+func valueHasType(v any, t string) bool {
+	switch x := v.(type) {
+	case nil:
+		return t == "null"
+	case bool:
+		return t == "boolean"
+	case string:
+		return t == "string"
+	case json.Number:
+		if t == "number" {
+			return true
+		}
+		r, ok := new(big.Rat).SetString(x.String())
+		return t == "integer" && ok && r.IsInt()
+	case map[string]any:
+		return t == "object"
+	case []any:
+		return t == "array"
+	}
+	return false
+}
+
+// didYouMean suggests the known keyword an unknown one is a typo of, as
+// " (did you mean description?)", or "" when none is close.
+func didYouMean(key string) string {
+	best, bestDist := "", 3
+	for k := range knownKeywords {
+		if d := editDistance(strings.ToLower(key), strings.ToLower(k)); d < bestDist ||
+			(d == bestDist && k < best) {
+			best, bestDist = k, d
+		}
+	}
+	for k := range unsupportedKeywords {
+		if d := editDistance(strings.ToLower(key), strings.ToLower(k)); d < bestDist ||
+			(d == bestDist && k < best) {
+			best, bestDist = k, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return " (did you mean " + best + "?)"
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // walkList visits the schemas of anyOf and its kin.

@@ -387,3 +387,98 @@ func longDescriptions() string {
 		`"a":{"type":"string","description":"` + d + `"},` +
 		`"b":{"type":"string","description":"` + d + `"}}}`
 }
+
+// warningMessages returns the messages of warnings.
+func warningMessages(warnings []api.Warning) []string {
+	var msgs []string
+	for _, w := range warnings {
+		msgs = append(msgs, w.Message)
+	}
+	return msgs
+}
+
+func TestValidateTaskSpec_UnmatchableParts(t *testing.T) {
+	const p = "output_schema.json_schema"
+	tests := []struct {
+		name   string
+		schema string
+		want   []string // problems of a pipeline, warnings of the Task API
+	}{
+		{"enum of another type", `{"type":"object","additionalProperties":false,"required":["n"],
+			"properties":{"n":{"type":"integer","enum":["a",2,2.0,2.5,"b"]}}}`, []string{
+			p + `.properties.n.enum.0: "a" is not of the declared type integer`,
+			p + `.properties.n.enum.3: 2.5 is not of the declared type integer`,
+			p + `.properties.n.enum.4: "b" is not of the declared type integer`}},
+		{"enum against a type union", `{"type":"object","additionalProperties":false,"required":["n"],
+			"properties":{"n":{"type":["string","null"],"enum":["a",null,true]}}}`, []string{
+			p + `.properties.n.enum.2: true is not of the declared type string or null`}},
+		{"const of another type", `{"type":"object","additionalProperties":false,"required":["n"],
+			"properties":{"n":{"type":"boolean","const":"yes"}}}`, []string{
+			p + `.properties.n.const: "yes" is not of the declared type boolean`}},
+		{"required name of a closed object", `{"type":"object","additionalProperties":false,
+			"required":["a","zzz"],"properties":{"a":{"type":"string"}}}`, []string{
+			p + `.required.1: "zzz" is not a property, and additionalProperties: false forbids ` +
+				"any other; no value can match"}},
+		{"required name of a nested closed object", `{"type":"object","additionalProperties":false,
+			"required":["hq"],"properties":{"hq":{"type":"object","additionalProperties":false,
+			"required":["city","zip"],"properties":{"city":{"type":"string"}}}}}`, []string{
+			p + `.properties.hq.required.1: "zip" is not a property, and additionalProperties: ` +
+				"false forbids any other; no value can match"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := validateTaskSpec(jsonSpec(tc.schema), true)
+			wantProblems(t, err, tc.want...)
+
+			// The Task API accepts these specs: the engine only warns.
+			warnings, err := ValidateTaskSpec(jsonSpec(tc.schema))
+			if err != nil {
+				t.Fatalf("ValidateTaskSpec: %v", err)
+			}
+			if got := warningMessages(warnings); strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("warnings:\n got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidateTaskSpec_WarnsOfUnknownAndOpenRequired(t *testing.T) {
+	const p = "output_schema.json_schema"
+	tests := []struct {
+		name   string
+		schema string
+		want   []string
+	}{
+		{"typo of a keyword", `{"type":"object","additionalProperties":false,"required":["a"],
+			"properties":{"a":{"type":"string","descripton":"x"}}}`, []string{
+			p + `.properties.a.descripton: unknown keyword "descripton", ignored ` +
+				"(did you mean description?)"}},
+		{"unknown keyword at the root", `{"type":"object","additionalProperties":false,
+			"required":["a"],"propertys":{},"properties":{"a":{"type":"string"}}}`, []string{
+			p + `.propertys: unknown keyword "propertys", ignored (did you mean properties?)`}},
+		{"unknown keyword far from any", `{"type":"object","additionalProperties":false,
+			"required":["a"],"properties":{"a":{"type":"string","color":"red"}}}`, []string{
+			p + `.properties.a.color: unknown keyword "color", ignored`}},
+		{"extension and known keywords", `{"type":"object","additionalProperties":false,
+			"required":["a"],"$comment":"c","x-ui":{"w":1},
+			"properties":{"a":{"type":"string","default":"b","examples":["c"]}}}`, nil},
+		{"required name of an open object", `{"type":"object","required":["a","zzz"],
+			"properties":{"a":{"type":"string"}}}`, []string{
+			p + `.required.1: "zzz" is not a property`,
+			p + ": object does not set additionalProperties: false"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, strict := range []bool{false, true} {
+				warnings, err := validateTaskSpec(jsonSpec(tc.schema), strict)
+				if err != nil {
+					t.Fatalf("strict %v: %v", strict, err)
+				}
+				got := warningMessages(warnings)
+				if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+					t.Errorf("strict %v: warnings:\n got %q\nwant %q", strict, got, tc.want)
+				}
+			}
+		})
+	}
+}

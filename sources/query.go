@@ -73,14 +73,25 @@ func (q *queryReader) Columns(ctx context.Context) ([]pipeline.Column, error) {
 	if q.cols != nil {
 		return q.cols, nil
 	}
-	rows, err := q.db.QueryContext(ctx, "DESCRIBE "+q.query)
+	cols, err := q.describe(ctx, q.query, q.what)
 	if err != nil {
-		return nil, fmt.Errorf("describe %s: %w", q.what, err)
+		return nil, err
+	}
+	q.cols = cols
+	return cols, nil
+}
+
+// describe returns the columns of query's result without running it; what
+// names the query in errors.
+func (q *queryReader) describe(ctx context.Context, query, what string) ([]pipeline.Column, error) {
+	rows, err := q.db.QueryContext(ctx, "DESCRIBE "+query)
+	if err != nil {
+		return nil, fmt.Errorf("describe %s: %w", what, err)
 	}
 	defer rows.Close()
 	names, err := rows.Columns()
 	if err != nil {
-		return nil, fmt.Errorf("describe %s: %w", q.what, err)
+		return nil, fmt.Errorf("describe %s: %w", what, err)
 	}
 	var cols []pipeline.Column
 	for rows.Next() {
@@ -90,7 +101,7 @@ func (q *queryReader) Columns(ctx context.Context) ([]pipeline.Column, error) {
 			ptrs[i] = &vals[i]
 		}
 		if err := rows.Scan(ptrs...); err != nil {
-			return nil, fmt.Errorf("describe %s: %w", q.what, err)
+			return nil, fmt.Errorf("describe %s: %w", what, err)
 		}
 		// DESCRIBE returns column_name, column_type, null, key, ...
 		cols = append(cols, pipeline.Column{
@@ -99,9 +110,8 @@ func (q *queryReader) Columns(ctx context.Context) ([]pipeline.Column, error) {
 		})
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("describe %s: %w", q.what, err)
+		return nil, fmt.Errorf("describe %s: %w", what, err)
 	}
-	q.cols = cols
 	return cols, nil
 }
 

@@ -173,3 +173,73 @@ func TestDuckDB_BaseDirResolvesRelativePaths(t *testing.T) {
 		t.Errorf("read = %v, %v; want [42]", got, err)
 	}
 }
+
+func TestParquet_ColumnTypesAcrossFiles(t *testing.T) {
+	cases := []struct {
+		name    string
+		files   []string // the SELECT of each file, written as 0/, 1/, ...
+		want    []string // column name and type, when the files agree
+		wantErr []string // the problems, with FILE0, FILE1, ... for the files
+	}{
+		{name: "same types", files: []string{"SELECT 'a' AS k, 'x' AS name", "SELECT 'b' AS k, 'y' AS name"},
+			want: []string{"k VARCHAR", "name VARCHAR"}},
+		{name: "integer widths and a column missing from one file",
+			files: []string{"SELECT 1::INTEGER AS n, 1.5::FLOAT AS f", "SELECT 2::BIGINT AS n, 2.5::DOUBLE AS f, 'z' AS extra"},
+			want:  []string{"n BIGINT", "f DOUBLE", "extra VARCHAR"}},
+		{name: "text in one file, a struct in another",
+			files: []string{"SELECT 'a' AS k, 'alice' AS name", "SELECT 'b' AS k, {'first': 'bob'} AS name"},
+			wantErr: []string{`parquet source: column "name" is VARCHAR in "FILE0" but STRUCT("first" VARCHAR) in "FILE1"; ` +
+				"give it one type in every file, or read the files through a duckdb source that casts it"}},
+		{name: "two columns differ, each reported once",
+			files: []string{"SELECT 1 AS n, DATE '2024-01-02' AS d", "SELECT 'x' AS n, DATE '2024-01-03' AS d",
+				"SELECT 'y' AS n, '2024' AS d"},
+			wantErr: []string{
+				`parquet source: column "n" is INTEGER in "FILE0" but VARCHAR in "FILE1"; give it one type ` +
+					"in every file, or read the files through a duckdb source that casts it",
+				`parquet source: column "d" is DATE in "FILE0" but VARCHAR in "FILE2"; give it one type ` +
+					"in every file, or read the files through a duckdb source that casts it"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var paths []string
+			for i, q := range tc.files {
+				sub := filepath.Join(dir, fmt.Sprint(i))
+				if err := os.Mkdir(sub, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				paths = append(paths, sourcetest.WriteParquet(t, sub, q))
+			}
+			src, err := sources.NewParquet(sources.ParquetOptions{Paths: []string{dir + "/*/data.parquet"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			cols, err := src.Columns(context.Background())
+			if tc.wantErr != nil {
+				want := strings.Join(tc.wantErr, "\n")
+				for i, p := range paths {
+					want = strings.ReplaceAll(want, fmt.Sprintf("FILE%d", i), p)
+				}
+				if err == nil || err.Error() != want {
+					t.Fatalf("Columns: %v\nwant %s", err, want)
+				}
+				readErr := src.Read(context.Background(), 10, func(pipeline.Batch) error { return nil })
+				if readErr == nil || readErr.Error() != want {
+					t.Errorf("Read: %v, want the same error", readErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Columns: %v", err)
+			}
+			var got []string
+			for _, c := range cols {
+				got = append(got, c.Name+" "+c.DuckDBType)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("columns = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

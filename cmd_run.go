@@ -39,11 +39,13 @@ type runCmd struct {
 	DryRun      bool    `help:"Check the spec and print the plan (source, rows, mapping, target, table DDL); submit nothing."`
 	NoWait      bool    `help:"Submit the rows, print the task group id and return without waiting for results."`
 	RetryFailed bool    `help:"Submit again the rows whose runs failed or were cancelled."`
+	NewGroup    bool    `help:"When the task group recorded for this target is not found (another API key, or a server that lost it), start a new group and submit again the rows that waited for it."`
 	MaxFailed   int64   `help:"Exit with code 3 when more rows than this failed (failed, cancelled, invalid input or output)." default:"0"`
 	JSON        bool    `name:"json" help:"Print a machine-readable summary on standard output."`
 	Estimate    bool    `help:"Print the expected cost of the rows (count × the processor's price) and exit; submit nothing."`
 	MaxCost     float64 `help:"Refuse to start when the expected cost passes this many US dollars, and cap the task group's spending at it." default:"0"`
 	URL         string  `name:"url" help:"Override target.url (server and parallel targets)." env:"TASKPIPE_URL"`
+	StateDir    string  `help:"Override target.state_dir: the pipeline's memory of its group and rows (a new one runs every row again)." type:"path"`
 	APIKey      string  `name:"api-key" help:"API key of the target; default: the variable named by target.api_key_env." env:"TASKPIPE_API_KEY"`
 	Progress    string  `help:"Progress display: auto (a line on a terminal, else logs), line, log or none." enum:"auto,line,log,none" default:"auto"`
 }
@@ -68,7 +70,7 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		return withExitCode(exitUsage, errors.New("run: --limit, --max-failed and --max-cost must not be negative"))
 	}
 	spec, err := specs.LoadPipelineWith(c.Pipeline,
-		specs.Overrides{Engine: c.Target, URL: c.URL, Processor: c.Processor})
+		specs.Overrides{Engine: c.Target, URL: c.URL, Processor: c.Processor, StateDir: c.StateDir})
 	if err != nil {
 		return withExitCode(exitUsage, fmt.Errorf("run: %w", err))
 	}
@@ -141,7 +143,7 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		Name: pipelineName(spec), Source: src, Sinks: sinkList, Key: spec.Key,
 		Mapping: spec.Mapping, TaskSpec: spec.TaskSpec, Processor: spec.Task.Processor,
 		Metadata: api.Metadata(spec.Task.Metadata), MaxCost: c.MaxCost, Groups: target.Groups, Runs: target.Runs, Target: target.ID,
-		StateDir: stateDir, StateLock: lock, Limit: c.Limit, RetryFailed: c.RetryFailed, NoWait: c.NoWait,
+		StateDir: stateDir, StateLock: lock, Limit: c.Limit, RetryFailed: c.RetryFailed, NewGroup: c.NewGroup, NoWait: c.NoWait,
 		AddsPerMinute: float64(spec.Target.AddsPerMinute), Logger: log,
 		Progress: c.progress(log), ProgressEvery: c.progressEvery(),
 	})
@@ -412,7 +414,7 @@ func exitCodeOf(err error) int {
 	var urlErr *url.Error
 	switch {
 	case errors.Is(err, pipeline.ErrPlan), errors.Is(err, api.ErrPaymentRequired),
-		errors.Is(err, sinks.ErrColumnsDiffer):
+		errors.Is(err, sinks.ErrColumnsDiffer), errors.Is(err, pipeline.ErrGroupLost):
 		return exitUsage
 	case errors.Is(err, pipeline.ErrUnreachable), errors.Is(err, api.ErrUnavailable),
 		errors.Is(err, api.ErrUnauthorized), errors.Is(err, syscall.ECONNREFUSED),

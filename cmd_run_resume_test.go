@@ -264,6 +264,41 @@ func TestRun_ResumeAfterKill(t *testing.T) {
 	}
 }
 
+// TestRun_StateDirFlag runs a finished pipeline again with its own state
+// directory, as the same pipeline pointed at another target would be: every
+// row is submitted again there, and the first state is left alone.
+func TestRun_StateDirFlag(t *testing.T) {
+	bin := binary(t)
+	f := newResumeFixture(t, 5, "", 0)
+	submitted := func(args ...string) int64 {
+		t.Helper()
+		out, err := f.command(bin, append([]string{"run", f.spec, "--json"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("run %v: %v", args, err)
+		}
+		var sum struct {
+			Submitted int64 `json:"submitted"`
+		}
+		if err := json.Unmarshal(out, &sum); err != nil {
+			t.Fatalf("summary %q: %v", out, err)
+		}
+		return sum.Submitted
+	}
+	other := filepath.Join(t.TempDir(), "other-state")
+	if got := submitted(); got != 5 {
+		t.Fatalf("first run submitted %d rows, want 5", got)
+	}
+	if got := submitted("--state-dir", other); got != 5 {
+		t.Errorf("run with a new --state-dir submitted %d rows, want 5", got)
+	}
+	if _, err := os.Stat(filepath.Join(other, "pipeline.db")); err != nil {
+		t.Errorf("--state-dir holds no state: %v", err)
+	}
+	if got := submitted(); got != 0 {
+		t.Errorf("run on the first state submitted %d rows, want 0", got)
+	}
+}
+
 // TestRun_ExitCodes checks the exit codes of run and wait.
 func TestRun_ExitCodes(t *testing.T) {
 	bin := binary(t)

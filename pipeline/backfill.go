@@ -41,6 +41,14 @@ func (r *runner) backfill(ctx context.Context) error {
 	if len(empty) == 0 || r.groupID == "" {
 		return nil
 	}
+	if group, n, err := r.state.settledElsewhere(ctx, r.groupID, r.specHash); err != nil {
+		return err
+	} else if n > 0 {
+		return fmt.Errorf("%w: a sink started empty, but %d rows finished in task group %s, "+
+			"which this target cannot read: run with the target that ran them to fill the "+
+			"sink, or remove the state directory to run every row again here",
+			ErrGroupLost, n, group)
+	}
 
 	var buf []*api.TaskRunEvent
 	written := 0

@@ -62,6 +62,11 @@ type Options struct {
 	Limit int64
 	// RetryFailed submits again rows whose runs failed or were cancelled.
 	RetryFailed bool
+	// NewGroup lets a pass whose recorded task group the target no longer
+	// finds (another API key, or a server that lost it) start a new group
+	// and submit again the rows that waited for runs in the lost one.
+	// Without it such a pass fails with ErrGroupLost.
+	NewGroup bool
 	// NoWait returns once every row is submitted, without waiting for
 	// results; a later run (or wait) collects them.
 	NoWait bool

@@ -622,3 +622,71 @@ func TestRun_NewSinkGetsRowsOfEarlierRuns(t *testing.T) {
 			rows, completed, invalid, typed, ids == firstIDs)
 	}
 }
+
+// lostGroup is a target that no longer finds one group, as a server reached
+// with another API key, or one that lost its database, would answer.
+type lostGroup struct {
+	api.TaskGroups
+	id   string
+	adds atomic.Int64
+}
+
+func (l *lostGroup) GetTaskGroup(ctx context.Context, id string) (api.TaskGroup, error) {
+	if id == l.id {
+		return api.TaskGroup{}, fmt.Errorf("get group %s: %w", id, api.ErrNotFound)
+	}
+	return l.TaskGroups.GetTaskGroup(ctx, id)
+}
+
+func (l *lostGroup) AddRuns(ctx context.Context, id string, req api.TaskGroupRunRequest) (api.TaskGroupRunResponse, error) {
+	l.adds.Add(int64(len(req.Inputs)))
+	return l.TaskGroups.AddRuns(ctx, id, req)
+}
+
+func TestRun_ALostGroupWithWaitingRowsStopsUnlessNewGroup(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 30, false)
+	first, err := h.run(ctx, func(o *pipeline.Options) { o.NoWait = true })
+	if err != nil || first.Submitted != 30 {
+		t.Fatalf("no-wait run: %+v, %v", first, err)
+	}
+
+	// The recorded group is not found while 30 rows wait for it: nothing
+	// is submitted again without --new-group.
+	lost := &lostGroup{id: first.GroupID}
+	h.wrap = func(g api.TaskGroups) api.TaskGroups { lost.TaskGroups = g; return lost }
+	sum, err := h.run(ctx, nil)
+	if !errors.Is(err, pipeline.ErrGroupLost) || !strings.Contains(err.Error(), "30 rows wait") {
+		t.Fatalf("run with the group lost: %v, want ErrGroupLost naming the 30 waiting rows", err)
+	}
+	if n := lost.adds.Load(); n != 0 || sum.Submitted != 0 {
+		t.Fatalf("%d runs added (summary %+v), want none", n, sum)
+	}
+
+	sum, err = h.run(ctx, func(o *pipeline.Options) { o.NewGroup = true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.GroupID == first.GroupID || sum.Submitted != 30 || sum.Statuses["completed"] != 30 {
+		t.Fatalf("run with NewGroup = %+v, want 30 rows completed in a new group", sum)
+	}
+}
+
+func TestRun_AnEmptySinkNeedingAnotherTargetsResultsStops(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 20, false)
+	if _, err := h.run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another target with a new table: the 20 results live in the first
+	// target's group, which this one cannot read.
+	h.dbPath = filepath.Join(h.dir, "other.duckdb")
+	sum, err := h.run(ctx, func(o *pipeline.Options) { o.Target = "elsewhere" })
+	if !errors.Is(err, pipeline.ErrGroupLost) || !strings.Contains(err.Error(), "20 rows finished") {
+		t.Fatalf("run on another target into a new table: %v, want ErrGroupLost naming 20 rows", err)
+	}
+	if sum.Submitted != 0 {
+		t.Fatalf("summary %+v, want nothing submitted", sum)
+	}
+}

@@ -87,6 +87,12 @@ func makePlan(ctx context.Context, src Source, key []string, mapping map[string]
 	return Plan{Columns: cols, Table: table, SpecHash: specs.SpecHash(spec), Warnings: warnings}, m, nil
 }
 
+// ErrGroupLost marks a pass that cannot go on without paying again for
+// runs in a task group the target cannot reach: the recorded group is not
+// found while rows wait for it, or a sink that started empty needs results
+// held by another target's group.
+var ErrGroupLost = errors.New("task group out of reach")
+
 // ErrPlan marks errors in the pipeline's configuration (a key or mapped
 // column the source lacks, a bad task spec): fixing the spec is the cure.
 var ErrPlan = errors.New("invalid pipeline")
@@ -182,7 +188,18 @@ func (r *runner) ensureGroup(ctx context.Context) error {
 			r.groupID, r.group = rec.GroupID, rec
 			return nil
 		case errors.Is(err, api.ErrNotFound):
-			r.log.Warn("recorded task group is gone; starting a new one", "group_id", rec.GroupID)
+			n, err := r.state.countWaiting(ctx, rec.GroupID)
+			if err != nil {
+				return err
+			}
+			if n > 0 && !r.opts.NewGroup {
+				return fmt.Errorf("%w: task group %s, recorded for this target, is not found "+
+					"(another API key, or a server that lost it), and %d rows wait for runs in it: "+
+					"run with the key that created it, or with --new-group to submit them again "+
+					"in a new group", ErrGroupLost, rec.GroupID, n)
+			}
+			r.log.Warn("recorded task group is gone; starting a new one", "group_id", rec.GroupID,
+				"rows_submitted_again", n)
 		default:
 			return fmt.Errorf("get group %s: %w", rec.GroupID, err)
 		}

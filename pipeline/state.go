@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/taskpipe/taskpipe/api"
 	"github.com/taskpipe/taskpipe/store/sqlite"
 )
 
@@ -318,4 +319,31 @@ func (s *stateStore) lost(ctx context.Context, pass int64, groupID string) ([]ro
 		out = append(out, r)
 	}
 	return out, rs.Err()
+}
+
+// countWaiting counts the rows waiting for runs of groupID.
+func (s *stateStore) countWaiting(ctx context.Context, groupID string) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM rows WHERE group_id = ? AND status IN (?, ?)`,
+		groupID, stateSubmitted, stateSubmitting).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count rows waiting for group %s: %w", groupID, err)
+	}
+	return n, nil
+}
+
+// settledElsewhere returns the group other than groupID whose runs
+// finished the most rows of specHash, and how many.
+func (s *stateStore) settledElsewhere(ctx context.Context, groupID, specHash string) (string, int64, error) {
+	var group string
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT group_id, count(*) AS n FROM rows
+		WHERE group_id NOT IN (?, '') AND spec_hash = ? AND status IN (?, ?, ?, ?)
+		GROUP BY group_id ORDER BY n DESC LIMIT 1`, groupID, specHash,
+		string(api.StatusCompleted), string(api.StatusFailed), string(api.StatusCancelled),
+		StatusInvalidOutput).Scan(&group, &n)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return "", 0, fmt.Errorf("count rows of other groups: %w", err)
+	}
+	return group, n, nil
 }

@@ -211,9 +211,9 @@ func LoadPipeline(path string) (*Pipeline, error) {
 // Overrides replace fields of a pipeline spec before it is validated, as
 // command-line flags do.
 type Overrides struct {
-	// Engine replaces target.engine, URL target.url and Processor
-	// task.processor when not empty.
-	Engine, URL, Processor string
+	// Engine replaces target.engine, URL target.url, Processor
+	// task.processor and StateDir target.state_dir when not empty.
+	Engine, URL, Processor, StateDir string
 }
 
 // LoadPipelineWith is LoadPipeline with overrides applied before the spec
@@ -262,6 +262,9 @@ func parsePipeline(data []byte, dir, fileName string, o Overrides) (*Pipeline, e
 	}
 	if o.Processor != "" {
 		p.Task.Processor = o.Processor
+	}
+	if o.StateDir != "" {
+		p.Target.StateDir = o.StateDir
 	}
 	p.applyDefaults()
 	if err := p.Validate(); err != nil {

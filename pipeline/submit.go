@@ -171,25 +171,48 @@ func (s *submitter) decide(ctx context.Context, mapped []mappedRow, keys []strin
 // current state stands (true) or it needs a new run (false); it counts the
 // rows it keeps.
 func (s *submitter) keep(prev rowState) bool {
-	switch prev.Status {
-	case string(api.StatusCompleted):
+	switch keepState(prev, s.groupID, s.opts.RetryFailed) {
+	case rowSkipped:
 		s.counts.skipped.Add(1)
 		return true
-	case string(api.StatusFailed), string(api.StatusCancelled), StatusInvalidOutput:
-		if s.opts.RetryFailed {
-			return false
-		}
-		s.counts.skipped.Add(1)
-		return true
-	case stateSubmitted:
-		if prev.GroupID != s.groupID || prev.RunID == "" {
-			return false // the run lives in a group this target does not have
-		}
+	case rowReattached:
 		s.counts.reattached.Add(1)
 		s.outstanding.Add(1)
 		return true
 	}
 	return false
+}
+
+// rowFate is what a pass does with a row whose input and spec did not
+// change since its state was recorded.
+type rowFate int
+
+const (
+	rowResubmitted rowFate = iota // the row needs a new run
+	rowSkipped                    // its final status stands
+	rowReattached                 // its run in groupID is followed again
+)
+
+// keepState decides the fate of an unchanged row from its recorded state:
+// completed rows are skipped, and failed, cancelled and invalid_output
+// rows too unless retryFailed; a row waiting for a run of groupID is
+// reattached to it; anything else needs a new run.
+func keepState(prev rowState, groupID string, retryFailed bool) rowFate {
+	switch prev.Status {
+	case string(api.StatusCompleted):
+		return rowSkipped
+	case string(api.StatusFailed), string(api.StatusCancelled), StatusInvalidOutput:
+		if retryFailed {
+			return rowResubmitted
+		}
+		return rowSkipped
+	case stateSubmitted:
+		if prev.GroupID != groupID || prev.RunID == "" {
+			return rowResubmitted // the run lives in a group this target does not have
+		}
+		return rowReattached
+	}
+	return rowResubmitted
 }
 
 // duplicate reports a row whose key an earlier row of this pass had.

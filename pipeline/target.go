@@ -72,10 +72,7 @@ func OpenTarget(ctx context.Context, t specs.Target, o TargetOptions) (*Target, 
 	case specs.EngineEmbedded, "":
 		return openEmbedded(ctx, o, log)
 	case specs.EngineServer, specs.EngineParallel:
-		url := firstNonEmpty(o.URL, t.URL)
-		if url == "" && t.Engine == specs.EngineParallel {
-			url = ParallelBaseURL
-		}
+		url := targetURL(t, o.URL)
 		if url == "" {
 			return nil, errors.New("target.url: required for a server target")
 		}
@@ -87,7 +84,7 @@ func OpenTarget(ctx context.Context, t specs.Target, o TargetOptions) (*Target, 
 			return nil, fmt.Errorf("target: %w: no API key in $%s", ErrUnreachable, t.APIKeyEnv)
 		}
 		c := api.NewClient(url, key, api.WithLogger(log))
-		return &Target{Groups: c, Runs: c, ID: t.Engine + " " + url,
+		return &Target{Groups: c, Runs: c, ID: TargetID(t, o.URL),
 			close: func(context.Context) error { return nil }}, nil
 	}
 	return nil, fmt.Errorf("target.engine: must be embedded, server or parallel, not %q", t.Engine)
@@ -152,4 +149,23 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// TargetID is the ID that OpenTarget gives the target t, with url
+// overriding t.URL; the state store keeps one task group per target ID.
+func TargetID(t specs.Target, url string) string {
+	if t.Engine == specs.EngineEmbedded || t.Engine == "" {
+		return "embedded"
+	}
+	return t.Engine + " " + targetURL(t, url)
+}
+
+// targetURL is the base URL of a server or Parallel target: url, else
+// t.URL, else Parallel's for a parallel target.
+func targetURL(t specs.Target, url string) string {
+	url = firstNonEmpty(url, t.URL)
+	if url == "" && t.Engine == specs.EngineParallel {
+		url = ParallelBaseURL
+	}
+	return url
 }

@@ -153,7 +153,9 @@ func (c *Client) resumable(ctx context.Context, endpoint, path string, query fun
 			c.log.Warn("resuming event stream", "endpoint", endpoint, "attempt", failures,
 				"wait", wait, "error", err)
 		} else {
-			c.log.Info("event stream ended before the group finished; reconnecting",
+			// A stream ends cleanly whenever the group is idle, e.g. before
+			// its first runs are added: routine, not news.
+			c.log.Debug("event stream ended before the group finished; reconnecting",
 				"endpoint", endpoint, "attempt", failures, "wait", wait)
 		}
 		if err := sleepCtx(ctx, wait); err != nil {

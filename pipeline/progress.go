@@ -123,9 +123,16 @@ func LogProgress(log *slog.Logger) func(Progress) {
 		if p.Done {
 			msg = "pipeline finished"
 		}
-		log.Info(msg, "group_id", p.GroupID, "read", p.Read, "total", p.Total,
-			"completed", p.Completed, "running", p.Running(), "failed", p.Failed,
-			"cancelled", p.Cancelled, "invalid", p.Invalid, "skipped", p.Skipped,
-			"rows_per_s", fmt.Sprintf("%.1f", p.Rate), "eta", p.ETA.Round(time.Second))
+		attrs := []any{"group_id", p.GroupID, "read", p.Read}
+		if p.Total >= 0 { // a query's row count is not known ahead
+			attrs = append(attrs, "total", p.Total)
+		}
+		attrs = append(attrs, "completed", p.Completed, "running", p.Running(),
+			"failed", p.Failed, "cancelled", p.Cancelled, "invalid", p.Invalid,
+			"skipped", p.Skipped, "rows_per_s", fmt.Sprintf("%.1f", p.Rate))
+		if p.ETA >= 0 {
+			attrs = append(attrs, "eta", p.ETA.Round(time.Second))
+		}
+		log.Info(msg, attrs...)
 	}
 }

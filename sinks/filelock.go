@@ -20,8 +20,9 @@ func IsLockConflict(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "Could not set lock on file")
 }
 
-// lockPoll bounds the wait between two attempts to open a held file.
-const lockPoll = 250 * time.Millisecond
+// lockPoll bounds the wait between two attempts to open a held file: well
+// under DefaultReleaseGap, so a waiting reader does not miss a release.
+const lockPoll = 100 * time.Millisecond
 
 // OpenWhenFree opens a database file with open, trying again while another
 // process holds it, until it opens, fails otherwise or ctx ends. waiting,

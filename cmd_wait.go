@@ -43,8 +43,11 @@ func (c *waitCmd) Run(cli *CLI, log *slog.Logger) error {
 	}
 	defer closeTarget()
 
-	g, err := waitGroup(waitCtx, target.Groups, c.Group, log)
+	g, answered, err := waitGroup(waitCtx, target.Groups, c.Group, log)
 	switch {
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil && !answered:
+		return withExitCode(exitUnreachable, fmt.Errorf("wait: target did not answer within %s: %w",
+			c.Timeout, err))
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		return withExitCode(exitTimeout, fmt.Errorf("wait: group %s still active after %s",
 			c.Group, c.Timeout))
@@ -65,17 +68,21 @@ func (c *waitCmd) Run(cli *CLI, log *slog.Logger) error {
 }
 
 // waitGroup follows the group's events stream, resuming after drops, until
-// the group is inactive; it returns the final status.
-func waitGroup(ctx context.Context, groups api.TaskGroups, id string, log *slog.Logger) (api.TaskGroup, error) {
+// the group is inactive; it returns the final status, and whether the
+// target ever answered (a timeout before that means it is unreachable).
+func waitGroup(ctx context.Context, groups api.TaskGroups, id string,
+	log *slog.Logger) (api.TaskGroup, bool, error) {
+	answered := false
 	cursor := ""
 	failures := 0
 	for {
 		g, err := groups.GetTaskGroup(ctx, id)
 		if err != nil {
-			return api.TaskGroup{}, err
+			return api.TaskGroup{}, answered, err
 		}
+		answered = true
 		if !g.Status.IsActive {
-			return g, nil
+			return g, true, nil
 		}
 		err = groups.GroupEvents(ctx, id, api.GroupEventsQuery{LastEventID: cursor},
 			func(ev api.Event) error {
@@ -90,17 +97,17 @@ func waitGroup(ctx context.Context, groups api.TaskGroups, id string, log *slog.
 				return nil
 			})
 		if ctx.Err() != nil {
-			return api.TaskGroup{}, ctx.Err()
+			return api.TaskGroup{}, true, ctx.Err()
 		}
 		if err != nil {
 			failures++
 			if failures > 8 {
-				return api.TaskGroup{}, err
+				return api.TaskGroup{}, true, err
 			}
 			log.Warn("group events stream dropped; resuming", "group_id", id, "error", err)
 			select {
 			case <-ctx.Done():
-				return api.TaskGroup{}, ctx.Err()
+				return api.TaskGroup{}, true, ctx.Err()
 			case <-time.After(time.Duration(failures) * 500 * time.Millisecond):
 			}
 			continue

@@ -350,7 +350,9 @@ func (c *Client) send(ctx context.Context, req request) (*http.Response, error) 
 		c.log.Warn("retrying api request", "method", req.method, "endpoint", req.endpoint,
 			"attempt", attempt+1, "wait", wait, "error", failure)
 		if err := sleepCtx(ctx, wait); err != nil {
-			return nil, err
+			// Keep the failure: a caller whose deadline passed while
+			// retrying can say why the target never answered.
+			return nil, fmt.Errorf("%w; last attempt: %w", err, failure)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/taskpipe/taskpipe/api"
@@ -145,6 +146,8 @@ type mappedRow struct {
 	Fingerprint string
 	// Invalid says why the row cannot become a run; empty when it can.
 	Invalid string
+	// NullKey is set when a key column is NULL (and Invalid says so).
+	NullKey bool
 }
 
 // mapRow builds the key and input of one source row and validates the
@@ -153,13 +156,23 @@ type mappedRow struct {
 func (m *mapper) mapRow(row []any) mappedRow {
 	var r mappedRow
 	r.KeyValues = make([]any, len(m.keyIdx))
+	var nulls []string
 	for i, ki := range m.keyIdx {
 		r.KeyValues[i] = row[ki]
 		if row[ki] == nil {
-			r.Invalid = fmt.Sprintf("key column %q is NULL", m.keyCols[i].Name)
+			nulls = append(nulls, strconv.Quote(m.keyCols[i].Name))
 		}
 	}
 	r.Key = keyString(r.KeyValues)
+	if len(nulls) > 0 {
+		r.NullKey = true
+		what := "key column " + nulls[0] + " is"
+		if len(nulls) > 1 {
+			what = "key columns " + strings.Join(nulls, ", ") + " are"
+		}
+		r.Invalid = what + " NULL (rows with a NULL key cannot be told apart: they share " +
+			"this one row; give every row a key)"
+	}
 
 	// Build the input: an object of the mapped fields, or the single value
 	// as text for a text input schema.

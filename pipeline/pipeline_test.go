@@ -690,3 +690,37 @@ func TestRun_AnEmptySinkNeedingAnotherTargetsResultsStops(t *testing.T) {
 		t.Fatalf("summary %+v, want nothing submitted", sum)
 	}
 }
+
+func TestRun_RowsWithANullKeyAreEachCountedInvalid(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, 0, false)
+	h.source = sourcetest.WriteParquet(t, h.dir,
+		"SELECT CASE WHEN i % 7 = 0 THEN NULL ELSE i END::BIGINT AS id, 'company ' || i AS name FROM range(20) t(i)")
+	sum, err := h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rows 1, 8 and 15 have a NULL id: each is invalid, none a duplicate.
+	if sum.Rows != 20 || sum.Submitted != 17 || sum.Duplicates != 0 ||
+		sum.Statuses[pipeline.StatusInvalidInput] != 3 || sum.Statuses["completed"] != 17 {
+		t.Fatalf("summary = %+v, want 17 completed and 3 invalid_input, no duplicates", sum)
+	}
+	var nullRows int64
+	var reason string
+	h.query(`SELECT count(*), min(error) FROM results WHERE id IS NULL AND status = 'invalid_input'`,
+		&nullRows, &reason)
+	if nullRows != 1 || !strings.Contains(reason, `key column "id" is NULL`) ||
+		!strings.Contains(reason, "source row") {
+		t.Errorf("table holds %d NULL-key rows with error %q, want one naming the column and its row",
+			nullRows, reason)
+	}
+
+	// A re-run counts them the same way.
+	sum, err = h.run(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Submitted != 0 || sum.Duplicates != 0 || sum.Statuses[pipeline.StatusInvalidInput] != 3 {
+		t.Errorf("re-run summary = %+v, want nothing submitted and 3 invalid_input", sum)
+	}
+}

@@ -48,6 +48,8 @@ type counters struct {
 	read, skipped, invalid, duplicates       atomic.Int64
 	submitted, reattached, adopted           atomic.Int64
 	completed, failed, cancelled, badOutputs atomic.Int64
+	// nullKeys counts the invalid rows whose key has a NULL.
+	nullKeys atomic.Int64
 }
 
 // snapshot computes a Progress at elapsed.

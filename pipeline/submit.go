@@ -70,7 +70,7 @@ func (s *submitter) readAll(ctx context.Context) error {
 				rows = rows[:lim-b.Offset]
 			}
 		}
-		if err := s.batch(ctx, rows); err != nil {
+		if err := s.batch(ctx, b.Offset, rows); err != nil {
 			return err
 		}
 		if lim := r.opts.Limit; lim > 0 && b.Offset+int64(len(rows)) >= lim {
@@ -84,8 +84,9 @@ func (s *submitter) readAll(ctx context.Context) error {
 	return nil
 }
 
-// batch maps one source batch and acts on every row.
-func (s *submitter) batch(ctx context.Context, rows [][]any) error {
+// batch maps one source batch, whose first row is the source's row
+// offset+1, and acts on every row.
+func (s *submitter) batch(ctx context.Context, offset int64, rows [][]any) error {
 	// Map every row first; look the keys up in one query.
 	mapped := make([]mappedRow, len(rows))
 	keys := make([]string, 0, len(rows))
@@ -95,7 +96,7 @@ func (s *submitter) batch(ctx context.Context, rows [][]any) error {
 	}
 	s.counts.read.Add(int64(len(rows)))
 
-	if err := s.decide(ctx, mapped, keys); err != nil {
+	if err := s.decide(ctx, offset, mapped, keys); err != nil {
 		return err
 	}
 	for len(s.chunk) >= s.opts.ChunkSize {
@@ -109,7 +110,7 @@ func (s *submitter) batch(ctx context.Context, rows [][]any) error {
 // decide looks the rows up in the state store, acts on each and records
 // their new states, under the lock the follower settles rows with, so that a
 // row is never counted as outstanding after its result was written.
-func (s *submitter) decide(ctx context.Context, mapped []mappedRow, keys []string) error {
+func (s *submitter) decide(ctx context.Context, offset int64, mapped []mappedRow, keys []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	states, err := s.state.rows(ctx, keys)
@@ -121,9 +122,17 @@ func (s *submitter) decide(ctx context.Context, mapped []mappedRow, keys []strin
 		put     []rowState
 		invalid []mappedRow
 	)
-	for _, m := range mapped {
+	for i, m := range mapped {
 		prev, seen := states[m.Key]
-		if (seen && prev.Pass == s.pass) || s.batchKeys[m.Key] {
+		switch {
+		case m.NullKey:
+			// Every such row is invalid, none a duplicate of another: each
+			// has a state of its own, under its source row number.
+			row := offset + int64(i) + 1
+			m.Key = fmt.Sprintf("\x00NULL key, source row %d", row)
+			m.Invalid = fmt.Sprintf("%s; source row %d", m.Invalid, row)
+			s.nullKey(row, m)
+		case (seen && prev.Pass == s.pass) || s.batchKeys[m.Key]:
 			s.duplicate(m)
 			continue
 		}
@@ -223,6 +232,17 @@ func (s *submitter) duplicate(m mappedRow) {
 			"key", m.Key)
 	} else if n == 11 {
 		s.log.Warn("more duplicate keys; see the summary for the count")
+	}
+}
+
+// nullKey reports a source row (numbered from 1) whose key has a NULL.
+func (s *submitter) nullKey(row int64, m mappedRow) {
+	n := s.counts.nullKeys.Add(1)
+	if n <= 10 {
+		s.log.Warn("row has a NULL key: written as invalid_input, not submitted",
+			"row", row, "reason", m.Invalid)
+	} else if n == 11 {
+		s.log.Warn("more rows with a NULL key; see the invalid_input count")
 	}
 }
 

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"runtime/debug"
 	"runtime/pprof"
+	"strings"
 
 	"github.com/alecthomas/kong"
 )
@@ -91,11 +93,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "taskpipe:", err)
 		os.Exit(exitError)
 	}
-	kctx, err := parser.Parse(os.Args[1:])
+	kctx, err := parser.Parse(joinNegativeValues(os.Args[1:]))
 	if err != nil {
-		// Bad flags, arguments or values: a usage error.
+		// Bad flags, arguments or values: a usage error, explained on
+		// standard error (standard output carries only results).
 		var perr *kong.ParseError
 		if errors.As(err, &perr) && perr.Context != nil {
+			perr.Context.Stdout = os.Stderr
 			_ = perr.Context.PrintUsage(true)
 		}
 		fmt.Fprintln(os.Stderr, "taskpipe:", err)
@@ -111,6 +115,27 @@ func main() {
 		os.Exit(ec.code)
 	}
 	os.Exit(exitError)
+}
+
+// negativeValue matches a negative number or duration given as a flag's
+// value: -3, -0.5, -1s.
+var negativeValue = regexp.MustCompile(`^-[0-9][0-9.]*[a-z]*$`)
+
+// joinNegativeValues joins a long flag and a negative value that follows
+// it (--max-failed -1 becomes --max-failed=-1): kong would take the value
+// for a short flag, and the command's own check should judge it.
+func joinNegativeValues(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if strings.HasPrefix(a, "--") && len(a) > 2 && !strings.Contains(a, "=") &&
+			i+1 < len(args) && negativeValue.MatchString(args[i+1]) {
+			a += "=" + args[i+1]
+			i++
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // runProfiled runs the chosen command, under the CPU profiler when

@@ -119,7 +119,14 @@ func printGroup(w io.Writer, g api.TaskGroup, asJSON bool) error {
 			parts = append(parts, fmt.Sprintf("%s %d", s, n))
 		}
 	}
-	fmt.Fprintf(w, "group %s: %s, %d runs (%s)\n", g.TaskGroupID, state, g.Status.NumTaskRuns,
-		strings.Join(parts, ", "))
+	switch n := g.Status.NumTaskRuns; n {
+	case 0:
+		fmt.Fprintf(w, "group %s: %s, no runs\n", g.TaskGroupID, state)
+	case 1:
+		fmt.Fprintf(w, "group %s: %s, 1 run (%s)\n", g.TaskGroupID, state, strings.Join(parts, ", "))
+	default:
+		fmt.Fprintf(w, "group %s: %s, %d runs (%s)\n", g.TaskGroupID, state, n,
+			strings.Join(parts, ", "))
+	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,11 +23,15 @@ type sqlCmd struct {
 	Query    string        `arg:"" help:"SQL to run, e.g. \"SELECT * FROM company_research LIMIT 5\"."`
 	JSON     bool          `help:"Print one JSON object per row instead of a table."`
 	Wait     time.Duration `help:"How long to wait for a database file another process holds for writing; a running pipeline lets go of its file at least every 5 s." default:"30s"`
+	MaxWidth int           `name:"max-width" help:"Cut table cells longer than this many characters, ending them with ... (0: no limit)." default:"60"`
 }
 
 // Run executes the query and prints its rows.
 func (c *sqlCmd) Run(cli *CLI, log *slog.Logger) error {
 	ctx := context.Background()
+	if c.MaxWidth < 0 {
+		return withExitCode(exitUsage, errors.New("sql: --max-width must not be negative"))
+	}
 	var db *sql.DB
 	var err error
 	if c.Database == ":memory:" {
@@ -55,11 +60,12 @@ func (c *sqlCmd) Run(cli *CLI, log *slog.Logger) error {
 	if c.JSON {
 		return printJSONRows(os.Stdout, rows)
 	}
-	return printTable(os.Stdout, rows)
+	return printTable(os.Stdout, rows, c.MaxWidth)
 }
 
-// printTable writes rows as aligned columns under a header.
-func printTable(w io.Writer, rows *sql.Rows) error {
+// printTable writes rows as aligned columns under a header, cutting cells
+// longer than maxWidth characters (0: no limit).
+func printTable(w io.Writer, rows *sql.Rows, maxWidth int) error {
 	cols, err := rows.Columns()
 	if err != nil {
 		return fmt.Errorf("sql: %w", err)
@@ -70,7 +76,7 @@ func printTable(w io.Writer, rows *sql.Rows) error {
 	err = scanRows(rows, len(cols), func(vals []any) {
 		cells := make([]string, len(vals))
 		for i, v := range vals {
-			cells[i] = cell(v)
+			cells[i] = cell(v, maxWidth)
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 		n++
@@ -108,7 +114,13 @@ func printJSONRows(w io.Writer, rows *sql.Rows) error {
 	return encErr
 }
 
+// scanRows reads every row and hands its values to fn, DATE values as
+// "2024-01-01" and TIMESTAMP values as RFC 3339 strings (see timeText).
 func scanRows(rows *sql.Rows, n int, fn func([]any)) error {
+	types, err := rows.ColumnTypes()
+	if err != nil {
+		return fmt.Errorf("sql: %w", err)
+	}
 	for rows.Next() {
 		vals := make([]any, n)
 		ptrs := make([]any, n)
@@ -118,6 +130,11 @@ func scanRows(rows *sql.Rows, n int, fn func([]any)) error {
 		if err := rows.Scan(ptrs...); err != nil {
 			return fmt.Errorf("sql: read row: %w", err)
 		}
+		for i, v := range vals {
+			if t, ok := v.(time.Time); ok && i < len(types) {
+				vals[i] = timeText(t, types[i].DatabaseTypeName())
+			}
+		}
 		fn(vals)
 	}
 	if err := rows.Err(); err != nil {
@@ -126,9 +143,22 @@ func scanRows(rows *sql.Rows, n int, fn func([]any)) error {
 	return nil
 }
 
+// timeText renders a time value of a column of DuckDB type typeName: a
+// DATE as its day, a TIME as its clock time, a TIMESTAMP (with or without
+// time zone) in RFC 3339.
+func timeText(t time.Time, typeName string) string {
+	switch strings.ToUpper(typeName) {
+	case "DATE":
+		return t.Format(time.DateOnly)
+	case "TIME", "TIMETZ", "TIME WITH TIME ZONE":
+		return t.Format("15:04:05.999999")
+	}
+	return t.Format(time.RFC3339Nano)
+}
+
 // cell renders one value on one line: NULL, scalars as text, lists and
-// structs as JSON, long text cut.
-func cell(v any) string {
+// structs as JSON, text longer than maxWidth characters cut (0: no limit).
+func cell(v any, maxWidth int) string {
 	var s string
 	switch x := v.(type) {
 	case nil:
@@ -148,8 +178,11 @@ func cell(v any) string {
 		s = fmt.Sprint(x)
 	}
 	s = strings.ReplaceAll(s, "\n", " ")
-	if r := []rune(s); len(r) > 60 {
-		s = string(r[:57]) + "..."
+	if r := []rune(s); maxWidth > 0 && len(r) > maxWidth {
+		if maxWidth <= 3 {
+			return string(r[:maxWidth])
+		}
+		s = string(r[:maxWidth-3]) + "..."
 	}
 	return s
 }

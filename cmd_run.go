@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -94,6 +95,17 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		return c.dryRun(ctx, spec, src)
 	}
 
+	// Check the source's columns (a CSV source checks its files through),
+	// the key and the mapping before anything is opened for writing, so a
+	// bad spec leaves no state, engine or table behind.
+	plan, err := pipeline.MakePlan(ctx, src, spec.Key, spec.Mapping, spec.TaskSpec)
+	if err != nil {
+		return withExitCode(exitUsage, fmt.Errorf("run: %w: %w", pipeline.ErrPlan, err))
+	}
+	for _, w := range plan.Warnings {
+		log.Warn("task spec warning", "warning", w.Message)
+	}
+
 	// Price the run before anything is opened for writing.
 	if c.Estimate || c.MaxCost > 0 {
 		est, err := c.estimateCost(ctx, spec, src, backends)
@@ -108,13 +120,6 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 		}
 	}
 
-	// Read the source's columns (a CSV source checks its files through)
-	// before anything is opened for writing, so a bad source leaves no
-	// state, engine or table behind.
-	if _, err := src.Columns(ctx); err != nil {
-		return withExitCode(exitUsage, fmt.Errorf("run: describe source: %w", err))
-	}
-
 	// Hold the state dir before the sinks and an embedded engine open: an
 	// engine recovers runs it finds running, which must never be another
 	// live pipeline's, and a second run should hear that the state is in
@@ -122,7 +127,7 @@ func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	stateDir := spec.Resolve(spec.Target.StateDir)
 	lock, err := pipeline.LockState(stateDir)
 	if err != nil {
-		return fmt.Errorf("run: %w", err)
+		return stateDirError(err)
 	}
 	defer lock.Unlock()
 	sinkList, closeSinks, err := openSinks(ctx, spec, log)
@@ -406,6 +411,17 @@ func printSummary(w io.Writer, s pipeline.Summary, asJSON bool) error {
 	}
 	fmt.Fprintf(w, " in %s\n", s.Elapsed.Round(time.Millisecond))
 	return nil
+}
+
+// stateDirError reports an error creating or locking the state directory.
+// One the spec can fix (permission denied, a read-only file system, a file
+// in the way) is a usage error naming target.state_dir.
+func stateDirError(err error) error {
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) ||
+		errors.Is(err, syscall.ENOTDIR) {
+		return withExitCode(exitUsage, fmt.Errorf("run: target.state_dir: %w", err))
+	}
+	return fmt.Errorf("run: %w", err)
 }
 
 // exitCodeOf maps an error onto the process exit code.

@@ -60,7 +60,8 @@ type Options struct {
 
 	// Limit reads only the first Limit source rows (0: all).
 	Limit int64
-	// RetryFailed submits again rows whose runs failed or were cancelled.
+	// RetryFailed submits again rows whose runs failed, were cancelled or
+	// gave an invalid output.
 	RetryFailed bool
 	// NewGroup lets a pass whose recorded task group the target no longer
 	// finds (another API key, or a server that lost it) start a new group

@@ -22,7 +22,7 @@ type sqlCmd struct {
 	Database string        `arg:"" help:"DuckDB database file (opened read-only), or :memory: to query files such as a Parquet sink with read_parquet('out.parquet')."`
 	Query    string        `arg:"" help:"SQL to run, e.g. \"SELECT * FROM company_research LIMIT 5\"."`
 	JSON     bool          `help:"Print one JSON object per row instead of a table."`
-	Wait     time.Duration `help:"How long to wait for a database file another process holds for writing; a running pipeline lets go of its file at least every 5 s." default:"30s"`
+	Wait     time.Duration `help:"How long to wait for a database file another process holds for writing; a running pipeline lets go of its file at least every 10 s." default:"30s"`
 	MaxWidth int           `name:"max-width" help:"Cut table cells longer than this many characters, ending them with ... (0: no limit)." default:"60"`
 }
 

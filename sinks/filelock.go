@@ -22,7 +22,7 @@ func IsLockConflict(err error) bool {
 
 // lockPoll bounds the wait between two attempts to open a held file: well
 // under DefaultReleaseGap, so a waiting reader does not miss a release.
-const lockPoll = 100 * time.Millisecond
+const lockPoll = 40 * time.Millisecond
 
 // OpenWhenFree opens a database file with open, trying again while another
 // process holds it, until it opens, fails otherwise or ctx ends. waiting,

@@ -47,6 +47,11 @@ func (c *sqlCmd) Run(cli *CLI, log *slog.Logger) error {
 					"file", c.Database, "waited", waited.Round(time.Second))
 			})
 		cancel()
+		if sinks.IsLockConflict(err) {
+			return withExitCode(exitUsage, fmt.Errorf("sql: %s was still held by another "+
+				"process after --wait %s (a running pipeline lets go of it at least every 10 s; "+
+				"wait longer): %w", c.Database, c.Wait, err))
+		}
 	}
 	if err != nil {
 		return withExitCode(exitUsage, fmt.Errorf("sql: %w", err))

@@ -175,20 +175,22 @@ func (s *stateStore) putRows(ctx context.Context, rows []rowState) error {
 
 // setSubmitted records the run ids of rows recorded as submitting, in one
 // transaction. The rows exist: the upsert only changes run_id, status and
-// updated_at, through the key's primary index.
+// updated_at, through the key's primary index, and binds only those (the
+// other columns' values would be thrown away by the conflict).
 func (s *stateStore) setSubmitted(ctx context.Context, rows []rowState, runIDs []string) error {
 	if len(rows) == 0 {
 		return nil
 	}
 	at := now()
 	err := s.batched(ctx, len(rows), func(m int) string {
-		return upsertRows(m) + `
+		return `INSERT INTO rows (key, fingerprint, spec_hash, run_id, status, updated_at)
+			VALUES ` + tuples("(?, '', '', ?, '"+stateSubmitted+"', ?)", m) + `
 			ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, status = excluded.status,
 			updated_at = excluded.updated_at`
 	}, func(st *sql.Stmt, lo, hi int) error {
-		args := make([]any, 0, 9*(hi-lo))
+		args := make([]any, 0, 3*(hi-lo))
 		for i, r := range rows[lo:hi] {
-			args = appendRowArgs(args, r, runIDs[lo+i], stateSubmitted, at)
+			args = append(args, r.Key, runIDs[lo+i], at)
 		}
 		_, err := st.ExecContext(ctx, args...)
 		return err

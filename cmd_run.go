@@ -51,7 +51,6 @@ type runCmd struct {
 	Progress    string  `help:"Progress display: auto (a line on a terminal, else logs), line, log or none." enum:"auto,line,log,none" default:"auto"`
 }
 
-// Run executes the command.
 // runMemoryLimit is the soft limit of the Go heap of taskpipe run, used
 // unless GOMEMLIMIT is set. A pipeline's live heap is about 100 MB whatever
 // the number of rows (batches in flight); the limit keeps the collector's
@@ -59,6 +58,7 @@ type runCmd struct {
 // the 1 GB budget of a run leaves beside DuckDB and SQLite.
 const runMemoryLimit = 384 << 20
 
+// Run executes the command.
 func (c *runCmd) Run(cli *CLI, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -504,16 +504,12 @@ func (c *rawChecker) object(f *fastSchema, depth int) bool {
 		}
 
 		// A comma and the next key, or the end.
-		c.skipSpace()
-		switch {
-		case c.peek(','):
-			c.pos++
-			c.skipSpace()
-		case c.peek('}'):
-			c.pos++
-			return f == nil || seen&f.requiredMask == f.requiredMask
-		default:
+		more, ok := c.listNext('}')
+		if !ok {
 			return false
+		}
+		if !more {
+			return f == nil || seen&f.requiredMask == f.requiredMask
 		}
 	}
 }
@@ -530,18 +526,27 @@ func (c *rawChecker) array(items *fastSchema, depth int) bool {
 		if !c.value(items, depth+1) {
 			return false
 		}
-		c.skipSpace()
-		switch {
-		case c.peek(','):
-			c.pos++
-			c.skipSpace()
-		case c.peek(']'):
-			c.pos++
-			return true
-		default:
-			return false
+		if more, ok := c.listNext(']'); !ok || !more {
+			return ok
 		}
 	}
+}
+
+// listNext consumes what follows an object member or array item: a comma
+// and the space after it (more: another one follows) or the closing end
+// byte; ok is false when it is neither.
+func (c *rawChecker) listNext(end byte) (more, ok bool) {
+	c.skipSpace()
+	switch {
+	case c.peek(','):
+		c.pos++
+		c.skipSpace()
+		return true, true
+	case c.peek(end):
+		c.pos++
+		return false, true
+	}
+	return false, false
 }
 
 // str moves past the string at the cursor and returns its raw content,
